@@ -1,0 +1,1 @@
+"""pinnlsr: Linearized Subspace Refinement for physics-informed networks."""

@@ -1,0 +1,1 @@
+"""Runnable PDE problems (python -m problems.NAME)."""
