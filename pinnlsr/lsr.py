@@ -1,0 +1,219 @@
+"""One-shot Linearized Subspace Refinement (Cao & Zhang, arXiv 2601.13989).
+
+Linearize the stacked residual f(θ) around the trained θ0, f(θ0 + V z) ≈ f0 + G V z; choose the
+subspace basis V (m, r) from the output Jacobian; solve min_z ||f0 + G V z|| directly; return the
+refined linear predictor u(θ0, x) + J(x) V z as a :class:`~pinnlsr.models.LinearizedModel`.
+"""
+from __future__ import annotations
+
+import copy
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import jacobian as jac
+from .metrics import model_errors
+from .models import LinearizedModel, ParamSpec
+from .problem import PDEProblem
+from .residual import output_rows, residual_rows
+from .solvers import LeastSquaresSolution, solve
+from .subspace import Basis, full_basis, randomized_basis, svd_basis
+
+# Up to this many parameters, "auto" with no rank uses the whole parameter space (V = I).
+FULL_SPACE_MAX_PARAMS = 6000
+
+
+@dataclass
+class LSRResult:
+    """What :func:`lsr` returns.
+
+    ``model`` is the refined predictor; ``diagnostics`` holds residual_before (||f0||),
+    linearized_residual (||f0 + G V z||), residual_after (||f|| of the predictor, evaluated through
+    the PDE operators on it), rel_l2/max_abs_err before/after where a reference exists, cond (of
+    the part of G V used), rank, the subspace method, per-term residuals, seconds per phase and
+    peak memory.
+    """
+
+    model: LinearizedModel
+    z: torch.Tensor
+    V: torch.Tensor
+    basis: Basis
+    solution: LeastSquaresSolution
+    points: dict[str, torch.Tensor]
+    diagnostics: dict = field(default_factory=dict)
+
+
+def prepare_model(model: nn.Module, dtype: torch.dtype, device) -> nn.Module:
+    """A copy of ``model`` in ``dtype`` on ``device`` (the caller's model is never modified)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise FloatingPointError(
+                f"model parameter {name!r} contains NaN or Inf: the network is corrupted (diverged "
+                "training or a bad checkpoint); reload a good state"
+            )
+    out = copy.deepcopy(model).to(dtype=dtype, device=device)
+    return out
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # Process-wide peak resident set size (KiB on Linux, bytes on macOS).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def _resolve_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available: use device='cpu'")
+    return device
+
+
+def choose_basis(
+    out_rows, theta: torch.Tensor, rank: int | None, subspace: str, oversampling: int,
+    power_iterations: int, generator: torch.Generator, scale_basis: bool, jacobian_mode: str,
+    memory_budget: int | None,
+) -> Basis:
+    """The subspace basis for :func:`lsr` (see its arguments)."""
+    m = out_rows.m
+    if subspace == "auto":
+        subspace = "full" if (rank is None or rank >= m) and m <= FULL_SPACE_MAX_PARAMS else "randomized"
+    if subspace == "full":
+        return full_basis(m, theta.dtype, theta.device)
+    if rank is None:
+        raise ValueError(f"subspace {subspace!r} needs a rank: pass rank=r (1 <= r <= {m})")
+    if subspace == "svd":
+        return svd_basis(out_rows, theta, rank, scale_basis, memory_budget=memory_budget)
+    if subspace == "randomized":
+        return randomized_basis(out_rows, theta, rank, oversampling, power_iterations, generator,
+                                scale_basis, mode=jacobian_mode, memory_budget=memory_budget)
+    raise ValueError(f"unknown subspace {subspace!r}: use 'auto', 'full', 'svd' or 'randomized'")
+
+
+def lsr(
+    problem: PDEProblem,
+    model: nn.Module,
+    *,
+    points: dict[str, torch.Tensor] | None = None,
+    rank: int | None = None,
+    subspace: str = "auto",
+    oversampling: int = 10,
+    power_iterations: int = 0,
+    scale_basis: bool = True,
+    solver: str = "svd",
+    rcond: float | None = 1e-14,
+    tikhonov: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+    jacobian_mode: str = "explicit",
+    memory_budget: int | None = None,
+    compute_errors: bool = True,
+) -> LSRResult:
+    """One-shot LSR of ``model`` (any ``nn.Module`` mapping (N, d) to (N, k)) on ``problem``.
+
+    Args:
+        points: {term name: (n_t, d)} collocation points; drawn from the problem's samplers with
+            ``seed`` when None.
+        rank: subspace dimension r. None with ``subspace="auto"`` uses the whole parameter space
+            when m <= 6000. A rank above m is clipped to m with a warning.
+        subspace: "auto", "full" (V = I), "svd" (exact SVD of the output Jacobian) or
+            "randomized" (range finder with ``oversampling`` and ``power_iterations``).
+        scale_basis: divide the basis by the output Jacobian's singular values (J V orthonormal).
+        solver, rcond, tikhonov: the reduced least-squares solve (see :mod:`pinnlsr.solvers`);
+            rcond drops singular values of G V below rcond·σ_max (svd solver only).
+        dtype, device: where the refinement runs (float64 by default; the model is copied there,
+            the caller's model is untouched). device defaults to the model's.
+        jacobian_mode: "explicit" (chunked per-point Jacobian rows) or "matrix_free" (jvp/vjp).
+        memory_budget: bytes for Jacobian chunks (default: from free memory).
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else "cpu"
+    device = _resolve_device(device)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    net = prepare_model(model, dtype, device)
+    spec = ParamSpec.of(net)
+    m = spec.numel
+    if rank is not None:
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if rank > m:
+            warnings.warn(f"rank {rank} exceeds the number of trainable parameters m = {m}; clipped to {m}",
+                          UserWarning, stacklevel=2)
+            rank = m
+    generator = torch.Generator().manual_seed(seed)
+    if points is None:
+        points = problem.sample_points(generator, dtype, device)
+    else:
+        points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
+    theta0 = spec.flatten(net)
+    rows = residual_rows(problem, net, points, spec)
+    f0 = rows.values(theta0)
+    terms_before = rows.norms(theta0)
+    timings["residual"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    all_points = torch.cat(list(points.values()))
+    out_rows = output_rows(net, all_points, spec)
+    basis = choose_basis(out_rows, theta0, rank, subspace, oversampling, power_iterations, generator,
+                         scale_basis, jacobian_mode, memory_budget)
+    timings["basis"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    a = jac.apply(rows, theta0, basis.V, jacobian_mode, memory_budget)  # G V, (n, r)
+    timings["jacobian"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sol = solve(a, -f0, solver, rcond if solver == "svd" else None, tikhonov)
+    timings["solve"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    refined = LinearizedModel(net, basis.V, sol.z)
+    rows_after = residual_rows(problem, refined, points)
+    z_theta = ParamSpec.of(refined).flatten(refined)
+    residual_after = float(rows_after.values(z_theta).norm())
+    diag = {
+        "n_params": m,
+        "n_rows": rows.n_rows,
+        "n_points": {k: int(v.shape[0]) for k, v in points.items()},
+        "rank": basis.rank,
+        "rank_used": sol.rank_used,
+        "subspace": basis.method,
+        "solver": sol.method,
+        "cond": sol.cond,
+        "residual_before": float(f0.norm()),
+        "linearized_residual": sol.residual_norm,
+        "residual_after": residual_after,
+        "terms_before": terms_before,
+        "terms_after": rows_after.norms(z_theta),
+        "step_norm": float(refined.delta.norm()),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+    }
+    if compute_errors:
+        before = model_errors(problem, net, dtype, device)
+        after = model_errors(problem, refined, dtype, device)
+        for key, val in before.items():
+            diag[f"{key}_before"] = val
+        for key, val in after.items():
+            diag[f"{key}_after"] = val
+    timings["diagnostics"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    timings["refine"] = timings["total"] - timings["diagnostics"]
+    diag["seconds"] = timings
+    diag["peak_memory_gb"] = _peak_memory_gb(device)
+    return LSRResult(refined, sol.z, basis.V, basis, sol, points, diag)

@@ -1,0 +1,210 @@
+"""The run pipeline shared by every runnable problem: pretrain (or load), refine, report.
+
+``python -m problems.NAME [options]`` and ``pinnlsr run NAME [options]`` both end here. A run
+prints a table (stage, relative L2, max error, residual, seconds) and, with ``--out DIR``, writes
+``DIR/metrics.json`` following the run output contract of DESIGN.md, ``DIR/config.json``, the
+pretrained network ``DIR/model.pt`` (reusable with ``--checkpoint``) and a comparison figure.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .io import atomic_write_json
+from .lsr import lsr
+from .metrics import model_errors, predict, reference_on
+from .models import ParamSpec
+from .problem import PDEProblem
+from .residual import residual_rows
+from .train import train_adam, train_lbfgs
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options of a problem run; ``defaults`` overrides the generic ones."""
+    d = {"adam_steps": 5000, "lbfgs_steps": 0, "lr": 1e-3, "final_lr": 1e-4, "rank": None,
+         "subspace": "auto", "oversampling": 10, "power_iterations": 0, "rcond": 1e-14, "solver": "svd"}
+    d.update(defaults or {})
+    p = argparse.ArgumentParser(
+        prog=prog or f"python -m problems.{problem.name}",
+        description=f"{problem.name}: {problem.description} Pretrains a network (or loads one), "
+                    "refines it by one-shot LSR and reports the error against the reference.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, points and sketches")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="precision of training and refinement")
+    p.add_argument("--out", type=Path, default=None, help="output folder for metrics.json, figures, checkpoint")
+    p.add_argument("--adam-steps", type=int, default=d["adam_steps"], help="Adam pretraining steps")
+    p.add_argument("--lr", type=float, default=d["lr"], help="initial Adam learning rate")
+    p.add_argument("--final-lr", type=float, default=d["final_lr"], help="Adam learning rate at the last step (exponential decay)")
+    p.add_argument("--lbfgs-steps", type=int, default=d["lbfgs_steps"], help="L-BFGS iterations after Adam (0: none)")
+    p.add_argument("--points", nargs="*", default=[], metavar="TERM=N",
+                   help="collocation points per term, e.g. pde=2000 bc=400 (terms: "
+                        + ", ".join(f"{t.name}={t.n_points}" for t in problem.terms() if t.n_points) + ")")
+    p.add_argument("--rank", type=int, default=d["rank"], help="LSR subspace rank r (default: whole parameter space when small)")
+    p.add_argument("--subspace", choices=["auto", "full", "svd", "randomized"], default=d["subspace"], help="how the subspace is chosen")
+    p.add_argument("--oversampling", type=int, default=d["oversampling"], help="extra sketch columns of the randomized range finder")
+    p.add_argument("--power-iterations", type=int, default=d["power_iterations"], help="power iterations of the range finder")
+    p.add_argument("--solver", choices=["svd", "qr"], default=d["solver"], help="reduced least-squares solver")
+    p.add_argument("--rcond", type=float, default=d["rcond"], help="relative singular value cut of the SVD solver")
+    p.add_argument("--tikhonov", type=float, default=0.0, help="Tikhonov regularisation λ of the reduced solve")
+    p.add_argument("--memory-budget-gb", type=float, default=None, help="memory for Jacobian chunks (default: from free memory)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="refine the network in this state_dict file instead of pretraining one")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="architecture of --checkpoint: 'package.module:function' or 'file.py:function' returning the nn.Module (default: the problem's MLP)")
+    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_counts(items: list[str]) -> dict[str, int]:
+    counts = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value or not value.strip().isdigit() or int(value) <= 0:
+            raise SystemExit(f"error: --points expects TERM=N with N a positive integer, got {item!r}")
+        counts[name] = int(value)
+    return counts
+
+
+def _stage(name: str, seconds: float, errors: dict, residual: float, **extra) -> dict:
+    row = {"name": name, "rel_l2": errors.get("rel_l2"), "max_abs_err": errors.get("max_abs_err"),
+           "residual": residual, "seconds": seconds}
+    row.update({k: v for k, v in errors.items() if k not in row})
+    row.update(extra)
+    return row
+
+
+def _residual_norm(problem: PDEProblem, model, points) -> float:
+    rows = residual_rows(problem, model, points)
+    return float(rows.values(ParamSpec.of(model).flatten(model)).norm())
+
+
+def print_table(stages: list[dict], file=sys.stdout) -> None:
+    """The stage table: name, relative L2, max error, residual, seconds."""
+    fmt = lambda v: "—" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))
+    print(f"{'stage':<12}{'rel_l2':>12}{'max_err':>12}{'residual':>12}{'seconds':>10}", file=file)
+    for s in stages:
+        print(f"{s['name']:<12}{fmt(s['rel_l2']):>12}{fmt(s['max_abs_err']):>12}{fmt(s['residual']):>12}"
+              f"{s['seconds']:>10.2f}", file=file)
+
+
+def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
+    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
+    dtype = DTYPES[args.dtype]
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but CUDA is not available; use --device cpu")
+    progress = False if args.quiet else None
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"error: --out {args.out} exists and is not a folder")
+    if args.model:
+        model = ckpt.resolve_factory(args.model)().to(dtype=dtype, device=device)
+    else:
+        model = problem.default_model(generator, dtype, device)
+    points = problem.sample_points(generator, dtype, device, parse_counts(args.points))
+    stages = []
+    if args.checkpoint is not None:
+        t = time.perf_counter()
+        notes = ckpt.load_into(model, args.checkpoint)
+        for note in notes:
+            print(f"checkpoint: {note}", file=sys.stderr)
+        stages.append(_stage("checkpoint", time.perf_counter() - t, model_errors(problem, model, dtype, device),
+                             _residual_norm(problem, model, points), path=str(args.checkpoint)))
+    elif args.adam_steps > 0:
+        t = time.perf_counter()
+        hist = train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, progress)
+        stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
+                             _residual_norm(problem, model, points), steps=args.adam_steps,
+                             diverged=hist.diverged))
+    else:
+        stages.append(_stage("init", 0.0, model_errors(problem, model, dtype, device),
+                             _residual_norm(problem, model, points)))
+    if args.lbfgs_steps > 0:
+        t = time.perf_counter()
+        hist = train_lbfgs(problem, model, points, args.lbfgs_steps, progress=progress)
+        stages.append(_stage("lbfgs", time.perf_counter() - t, model_errors(problem, model, dtype, device),
+                             _residual_norm(problem, model, points), steps=args.lbfgs_steps,
+                             diverged=hist.diverged))
+    budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
+    result = lsr(problem, model, points=points, rank=args.rank, subspace=args.subspace,
+                 oversampling=args.oversampling, power_iterations=args.power_iterations,
+                 solver=args.solver, rcond=args.rcond, tikhonov=args.tikhonov, seed=args.seed,
+                 dtype=dtype, device=device, memory_budget=budget)
+    d = result.diagnostics
+    errors_after = {k[:-6]: v for k, v in d.items() if k.endswith("_after") and k.startswith(("rel_l2", "max_abs"))}
+    stages.append(_stage("lsr", d["seconds"]["total"], errors_after, d["residual_after"], rank=d["rank"],
+                         rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
+                         linearized_residual=d["linearized_residual"], seconds_by_phase=d["seconds"],
+                         peak_memory_gb=d["peak_memory_gb"]))
+    metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
+               "n_params": ParamSpec.of(model).numel,
+               "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "stages": stages}
+    print_table(stages)
+    if args.out is not None:
+        write_outputs(problem, args, model, result, metrics)
+    return metrics
+
+
+def write_outputs(problem: PDEProblem, args, model, result, metrics: dict) -> None:
+    """metrics.json, config.json, model.pt and the comparison figure, each written atomically."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["problem"] = problem.name
+    atomic_write_json(out / "config.json", config)
+    ckpt.save_state_dict(model, out / "model.pt")
+    if not args.no_plot:
+        try:
+            figure = plot_run(problem, model, result.model, out)
+            if figure:
+                metrics["figure"] = figure.name
+        except Exception as exc:  # a figure must never cost the numbers
+            print(f"warning: figure not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+    atomic_write_json(out / "metrics.json", metrics)
+    print(f"wrote {out / 'metrics.json'}")
+
+
+def plot_run(problem: PDEProblem, model, refined, out: Path) -> Path | None:
+    """Prediction / reference / |error| of the refined model on the reference points."""
+    from . import plotting
+
+    ref = reference_on(problem, refined.theta0.dtype, refined.theta0.device)
+    if ref is None or problem.dim > 2:
+        return None
+    x, u = ref
+    pred = predict(refined, x)
+    return plotting.plot_comparison(
+        x.cpu().numpy(), pred[:, 0].cpu().numpy(), u[:, 0].cpu().numpy(), out / "comparison.png",
+        titles=(f"LSR prediction ({problem.output_names[0]})", "reference", "|error|"),
+        suptitle=problem.name, log_error=True,
+    )
+
+
+def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,
+         defaults: dict | None = None, prog: str | None = None) -> int:
+    """Entry point of ``python -m problems.NAME``: parse, run, exit code 0 on success."""
+    problem = problem_factory()
+    args = build_parser(problem, defaults, prog).parse_args(argv)
+    try:
+        metrics = run(problem, args)
+    except (ValueError, FileNotFoundError, FloatingPointError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    last = metrics["stages"][-1]
+    if last.get("residual") is not None and not math.isfinite(last["residual"]):
+        print("error: the refined residual is not finite", file=sys.stderr)
+        return 3
+    return 0
+

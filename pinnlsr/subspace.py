@@ -1,0 +1,90 @@
+"""Subspaces of parameter space for LSR: the basis V (m, r) of the step δ = V z.
+
+Three methods, recorded in :class:`Basis.method`:
+
+- ``"full"``: V = I (r = m), the whole parameter space; fine for small networks.
+- ``"svd"``: the top-r right singular vectors of the output Jacobian J (n_out, m), from an exact
+  SVD of the dense J (small m).
+- ``"randomized"``: a randomized range finder on Jᵀ (Halko, Martinsson & Tropp 2011): Y = Jᵀ Ω
+  with a Gaussian Ω of r + p columns, optional power iterations, Q = orth(Y), then the SVD of the
+  small J Q gives the top-r directions.
+
+With ``scale=True`` (default) the directions are divided by their singular values, V = W·diag(1/σ),
+so J V has orthonormal columns. This keeps cond(G V) near the conditioning of the PDE operator
+instead of that of the network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import jacobian as jac
+from .residual import Rows
+from .solvers import no_tf32
+
+
+@dataclass
+class Basis:
+    """A subspace basis and how it was made."""
+
+    V: torch.Tensor  # (m, r)
+    method: str  # "full" | "svd" | "randomized"
+    rank: int
+    singular_values: torch.Tensor | None  # of the output Jacobian (or its sketch), descending
+    oversampling: int = 0
+    power_iterations: int = 0
+    scaled: bool = False
+
+
+def full_basis(m: int, dtype: torch.dtype, device) -> Basis:
+    """V = I (m, m)."""
+    return Basis(torch.eye(m, dtype=dtype, device=device), "full", m, None)
+
+
+def _directions(w: torch.Tensor, s: torch.Tensor, rank: int, scale: bool, rcond: float) -> tuple[torch.Tensor, int]:
+    """Keep the top ``rank`` directions (columns of w) whose σ exceeds rcond·σ_max; scale by 1/σ."""
+    keep = int((s > rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    r = min(rank, keep)
+    if r == 0:
+        raise ValueError("the output Jacobian is zero: the network does not depend on its parameters here")
+    v = w[:, :r]
+    if scale:
+        v = v / s[:r]
+    return v, r
+
+
+def svd_basis(rows: Rows, theta: torch.Tensor, rank: int, scale: bool = True,
+              rcond: float | None = None, memory_budget: int | None = None) -> Basis:
+    """Top-``rank`` right singular vectors of the dense output Jacobian J (n_out, m)."""
+    with no_tf32():
+        j = jac.jacobian(rows, theta, memory_budget)
+        _, s, vh = torch.linalg.svd(j, full_matrices=False)
+    rcond = max(j.shape) * torch.finfo(j.dtype).eps if rcond is None else rcond
+    v, r = _directions(vh.T, s, rank, scale, rcond)
+    return Basis(v, "svd", r, s, scaled=scale)
+
+
+def randomized_basis(rows: Rows, theta: torch.Tensor, rank: int, oversampling: int = 10,
+                     power_iterations: int = 0, generator: torch.Generator | None = None,
+                     scale: bool = True, rcond: float | None = None, mode: str = "explicit",
+                     memory_budget: int | None = None) -> Basis:
+    """Randomized range finder on Jᵀ: V spans (approximately) the top-``rank`` right singular
+    vectors of the output Jacobian. Ω is drawn on the CPU from ``generator`` so the same seed gives
+    the same basis on every device."""
+    n, m = rows.n_rows, rows.m
+    width = min(rank + oversampling, m, n)
+    omega = torch.randn(n, width, generator=generator, dtype=theta.dtype).to(theta.device)
+    with no_tf32():
+        y = jac.apply_transpose(rows, theta, omega, mode, memory_budget)  # (m, width)
+        q, _ = torch.linalg.qr(y)
+        for _ in range(power_iterations):
+            z = jac.apply(rows, theta, q, mode, memory_budget)  # (n, width)
+            zq, _ = torch.linalg.qr(z)
+            q, _ = torch.linalg.qr(jac.apply_transpose(rows, theta, zq, mode, memory_budget))
+        b = jac.apply(rows, theta, q, mode, memory_budget)  # J Q, (n, width)
+        _, s, vh = torch.linalg.svd(b, full_matrices=False)
+        w = q @ vh.T  # (m, width)
+    rcond = max(n, m) * torch.finfo(theta.dtype).eps if rcond is None else rcond
+    v, r = _directions(w, s, rank, scale, rcond)
+    return Basis(v, "randomized", r, s, oversampling, power_iterations, scale)
