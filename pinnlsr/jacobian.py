@@ -56,9 +56,12 @@ def points_per_chunk(rows: Rows, budget_bytes: int | None, dtype: torch.dtype, d
     return int(n)
 
 
-def block_jacobian(block: Block, theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Explicit scaled Jacobian rows of one block at ``points`` (c, d): shape (c·q, m)."""
-    jac = vmap(jacrev(block.fn, argnums=0), in_dims=(None, 0))(theta, points)  # (c, q, m)
+def block_jacobian(block: Block, theta: torch.Tensor, points: torch.Tensor,
+                   data: torch.Tensor | None = None) -> torch.Tensor:
+    """Explicit scaled Jacobian rows of one block at ``points`` (c, d) with their data (c, p):
+    shape (c·q, m)."""
+    data = points.new_zeros(points.shape[0], 0) if data is None else data
+    jac = vmap(jacrev(block.fn, argnums=0), in_dims=(None, 0, 0))(theta, points, data)  # (c, q, m)
     return block.scale * jac.reshape(points.shape[0] * block.q, -1)
 
 
@@ -66,8 +69,8 @@ def iter_jacobian_rows(rows: Rows, theta: torch.Tensor, memory_budget: int | Non
                        extra_columns: int = 0) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (row slice, G[row slice] of shape (c, m)) chunk by chunk, covering all rows."""
     chunk = points_per_chunk(rows, memory_budget, theta.dtype, theta.device, extra_columns)
-    for block, start, pts in rows.chunks(chunk):
-        g = block_jacobian(block, theta, pts)
+    for block, start, pts, data in rows.chunks(chunk):
+        g = block_jacobian(block, theta, pts, data)
         yield slice(start, start + g.shape[0]), g
 
 
@@ -79,9 +82,9 @@ def jacobian(rows: Rows, theta: torch.Tensor, memory_budget: int | None = None) 
     return out
 
 
-def _block_rows(block: Block, points: torch.Tensor):
+def _block_rows(block: Block, points: torch.Tensor, data: torch.Tensor):
     def f(theta: torch.Tensor) -> torch.Tensor:
-        return block.scale * vmap(block.fn, in_dims=(None, 0))(theta, points).reshape(-1)
+        return block.scale * vmap(block.fn, in_dims=(None, 0, 0))(theta, points, data).reshape(-1)
 
     return f
 
@@ -113,8 +116,8 @@ def apply(rows: Rows, theta: torch.Tensor, v: torch.Tensor, mode: str = "explici
     if mode != "matrix_free":
         raise ValueError(f"unknown Jacobian mode {mode!r}: use 'explicit' or 'matrix_free'")
     chunk = _matrix_free_chunk(rows, memory_budget, theta, directions_per_pass)
-    for block, start, pts in rows.chunks(chunk):
-        f = _block_rows(block, pts)
+    for block, start, pts, data in rows.chunks(chunk):
+        f = _block_rows(block, pts, data)
 
         def push(direction: torch.Tensor) -> torch.Tensor:
             return jvp(f, (theta,), (direction,))[1]
@@ -139,8 +142,8 @@ def apply_transpose(rows: Rows, theta: torch.Tensor, w: torch.Tensor, mode: str 
     if mode != "matrix_free":
         raise ValueError(f"unknown Jacobian mode {mode!r}: use 'explicit' or 'matrix_free'")
     chunk = _matrix_free_chunk(rows, memory_budget, theta, directions_per_pass)
-    for block, start, pts in rows.chunks(chunk):
-        _, pullback = vjp(_block_rows(block, pts), theta)
+    for block, start, pts, data in rows.chunks(chunk):
+        _, pullback = vjp(_block_rows(block, pts, data), theta)
         n_rows = pts.shape[0] * block.q
         for j in range(0, w.shape[1], directions_per_pass):
             cot = w[start:start + n_rows, j:j + directions_per_pass]

@@ -200,7 +200,7 @@ def lsr(
         "residual_after": residual_after,
         "terms_before": terms_before,
         "terms_after": rows_after.norms(z_theta),
-        "step_norm": float(refined.delta.norm()),
+        "step_norm": float(refined.delta.detach().norm()),
         "dtype": str(dtype).replace("torch.", ""),
         "device": str(device),
     }

@@ -33,6 +33,9 @@ class Term:
             ``sample_*`` methods of :mod:`pinnlsr.geometry` fit), called with ``n_points``.
         n_points: how many points a sampler draws (ignored for fixed points).
         weight: w_t in the loss Σ_t w_t · mean |r_t|².
+        targets: optional per-point data (n, p) aligned with fixed ``points`` (observations,
+            labels); the residual is then called as ``residual(u, x, y)`` with y of shape (p,).
+            Example, a supervised term: ``Term("data", lambda u, x, y: u(x) - y, X, targets=Y)``.
     """
 
     name: str
@@ -40,6 +43,11 @@ class Term:
     points: Union[torch.Tensor, Sampler]
     n_points: int | None = None
     weight: float = 1.0
+    targets: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.targets is not None and not isinstance(self.points, torch.Tensor):
+            raise ValueError(f"term {self.name!r}: targets need fixed points (a tensor), not a sampler")
 
     def sample(self, generator: torch.Generator, dtype: torch.dtype, device) -> torch.Tensor:
         """The term's points as a (n, d) tensor of the given dtype/device."""

@@ -1,8 +1,9 @@
 """Stacked residual vectors as functions of a flat parameter vector.
 
 :class:`Rows` is the common currency of the Jacobian, subspace and solver stages: a list of blocks,
-each a point set (n, d) and a per-point function ``fn(theta, x) -> (q,)`` with a row scale. Its
-value is f(theta) = concat_b scale_b · fn_b(theta, x_i), flattened point-major (point i gives q_b
+each a point set (n, d), optional per-point data (n, p) (targets of a data term, p may be 0) and a
+per-point function ``fn(theta, x, y) -> (q,)`` with a row scale. Its value is
+f(theta) = concat_b scale_b · fn_b(theta, x_i, y_i), flattened point-major (point i gives q_b
 consecutive rows). The residual of a problem and the outputs of a network are both Rows.
 """
 from __future__ import annotations
@@ -17,18 +18,23 @@ from torch.func import functional_call, vmap
 from .models import ParamSpec
 from .problem import PDEProblem
 
-BlockFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+BlockFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class Block:
-    """One term's rows: ``scale · fn(theta, x_i)`` for each point, q rows per point."""
+    """One term's rows: ``scale · fn(theta, x_i, y_i)`` for each point, q rows per point."""
 
     name: str
     points: torch.Tensor  # (n, d)
-    fn: BlockFunction  # (theta (m,), x (d,)) -> (q,)
+    fn: BlockFunction  # (theta (m,), x (d,), y (p,)) -> (q,)
     scale: float
     q: int
+    data: torch.Tensor | None = None  # (n, p); None means p = 0
+
+    def __post_init__(self):
+        if self.data is None:
+            self.data = self.points.new_zeros(self.points.shape[0], 0)
 
     @property
     def n_rows(self) -> int:
@@ -59,21 +65,22 @@ class Rows:
             start += b.n_rows
         return out
 
-    def chunks(self, points_per_chunk: int) -> Iterator[tuple[Block, int, torch.Tensor]]:
-        """Yield (block, first row index, points chunk (c, d)) covering every row in order."""
+    def chunks(self, points_per_chunk: int) -> Iterator[tuple[Block, int, torch.Tensor, torch.Tensor]]:
+        """Yield (block, first row index, points (c, d), data (c, p)) covering every row in order."""
         start = 0
         for b in self.blocks:
             n = b.points.shape[0]
             for i in range(0, n, points_per_chunk):
-                pts = b.points[i:i + points_per_chunk]
-                yield b, start + i * b.q, pts
+                sl = slice(i, i + points_per_chunk)
+                yield b, start + i * b.q, b.points[sl], b.data[sl]
             start += b.n_rows
 
     def block_values(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unscaled per-point values of each block: {name: (n, q)}. Differentiable in theta."""
         out = {}
         for b in self.blocks:
-            parts = [vmap(b.fn, in_dims=(None, 0))(theta, b.points[i:i + self.eval_chunk])
+            parts = [vmap(b.fn, in_dims=(None, 0, 0))(theta, b.points[i:i + self.eval_chunk],
+                                                      b.data[i:i + self.eval_chunk])
                      for i in range(0, b.points.shape[0], self.eval_chunk)]
             out[b.name] = torch.cat(parts).reshape(b.points.shape[0], b.q)
         return out
@@ -99,16 +106,18 @@ class Rows:
         return {b.name: float(b.scale * vals[b.name].norm()) for b in self.blocks}
 
 
-def point_function(model: nn.Module, spec: ParamSpec, residual, name: str) -> BlockFunction:
-    """Wrap a per-point residual ``residual(u, x)`` into ``fn(theta, x) -> (q,)``."""
+def point_function(model: nn.Module, spec: ParamSpec, residual, name: str, with_data: bool = False) -> BlockFunction:
+    """Wrap a per-point residual ``residual(u, x)`` (or ``residual(u, x, y)`` for a term with
+    targets) into ``fn(theta, x, y) -> (q,)``."""
 
-    def fn(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def fn(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         params = spec.unflatten(theta)
 
         def u(xp: torch.Tensor) -> torch.Tensor:
             return functional_call(model, params, (xp.unsqueeze(0),)).squeeze(0)
 
-        return torch.as_tensor(residual(u, x)).reshape(-1)
+        r = residual(u, x, y) if with_data else residual(u, x)
+        return torch.as_tensor(r).reshape(-1)
 
     fn.__name__ = f"residual_{name}"
     return fn
@@ -158,8 +167,11 @@ def check_model(problem: PDEProblem, model: nn.Module, probe: torch.Tensor) -> N
 
 
 def residual_rows(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor],
-                  spec: ParamSpec | None = None) -> Rows:
-    """The problem's stacked residual as Rows over ``points`` ({term name: (n, d)})."""
+                  spec: ParamSpec | None = None, targets: dict[str, torch.Tensor] | None = None) -> Rows:
+    """The problem's stacked residual as Rows over ``points`` ({term name: (n, d)}).
+
+    Terms with targets (data terms) take them from ``targets`` ({term name: (n, p)}) or, when
+    absent there, from ``Term.targets``; their residual is called as ``residual(u, x, y)``."""
     spec = spec or ParamSpec.of(model)
     terms = {t.name: t for t in problem.terms()}
     missing = set(terms) - set(points)
@@ -182,13 +194,27 @@ def residual_rows(problem: PDEProblem, model: nn.Module, points: dict[str, torch
             )
         if term.weight < 0 or not torch.isfinite(torch.tensor(float(term.weight))):
             raise ValueError(f"term {name!r}: weight must be finite and >= 0, got {term.weight}")
-        fn = point_function(model, spec, term.residual, name)
+        data = targets.get(name) if targets else None
+        if data is None and term.targets is not None:
+            data = torch.as_tensor(term.targets)
+        if data is not None:
+            data = torch.as_tensor(data).to(pts)
+            data = data.unsqueeze(1) if data.ndim == 1 else data
+            if data.ndim != 2 or data.shape[0] != pts.shape[0]:
+                raise ValueError(
+                    f"term {name!r}: targets have shape {tuple(data.shape)}, expected ({pts.shape[0]}, p) "
+                    "with one row per point"
+                )
+            if not torch.isfinite(data).all():
+                raise ValueError(f"term {name!r}: targets contain NaN or Inf")
+        fn = point_function(model, spec, term.residual, name, with_data=data is not None)
         try:
-            q = fn(theta, pts[0]).numel()
+            probe_y = data[0] if data is not None else pts.new_zeros(0)
+            q = fn(theta, pts[0], probe_y).numel()
         except Exception as exc:
             raise ValueError(f"residual term {name!r} failed on one point: {type(exc).__name__}: {exc}") from exc
         scale = (float(term.weight) / pts.shape[0]) ** 0.5
-        blocks.append(Block(name, pts, fn, scale, q))
+        blocks.append(Block(name, pts, fn, scale, q, data))
     return Rows(blocks, spec)
 
 
@@ -197,8 +223,8 @@ def output_rows(model: nn.Module, points: torch.Tensor, spec: ParamSpec | None =
     """The network outputs at ``points`` (n, d) as Rows (k rows per point, scale 1)."""
     spec = spec or ParamSpec.of(model)
 
-    def fn(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def fn(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return functional_call(model, spec.unflatten(theta), (x.unsqueeze(0),)).reshape(-1)
 
-    q = fn(spec.flatten(model), points[0]).numel()
+    q = fn(spec.flatten(model), points[0], points.new_zeros(0)).numel()
     return Rows([Block(name, points, fn, 1.0, q)], spec)

@@ -1,0 +1,98 @@
+"""The ``pinnlsr`` command: list problems, run one, rebuild a run's report.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input (unknown problem, bad option, unusable
+file), 3 a run whose refined result is not finite. Interrupted runs (Ctrl-C) exit with 130.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+
+
+def problem_modules() -> dict[str, ModuleType]:
+    """{name: module} of every module in the ``problems`` package that defines ``PROBLEM``."""
+    import problems
+
+    found = {}
+    for info in sorted(pkgutil.iter_modules(problems.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"problems.{info.name}")
+        if hasattr(module, "PROBLEM"):
+            found[module.PROBLEM.name] = module
+    return found
+
+
+def _list(_args) -> int:
+    modules = problem_modules()
+    width = max((len(n) for n in modules), default=0)
+    for name, module in modules.items():
+        print(f"{name:<{width}}  {module.PROBLEM.description}")
+    return 0
+
+
+def _run(args, rest: list[str]) -> int:
+    modules = problem_modules()
+    if args.name not in modules:
+        print(f"error: unknown problem {args.name!r}; `pinnlsr list` shows the problems: "
+              f"{', '.join(modules)}", file=sys.stderr)
+        return 2
+    module = modules[args.name]
+    custom = getattr(module, "run_cli", None)  # problems with their own pipeline (argv, prog) -> exit code
+    if callable(custom):
+        return custom(rest, prog=f"pinnlsr run {args.name}")
+    from .runner import main as run_main
+
+    return run_main(module.PROBLEM, rest, getattr(module, "DEFAULTS", None), prog=f"pinnlsr run {args.name}")
+
+
+def _report(args) -> int:
+    from .report import rebuild_report
+
+    try:
+        written = rebuild_report(args.run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pinnlsr",
+        description="Linearized Subspace Refinement of trained physics-informed networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the built-in problems with a one-line description")
+    run = sub.add_parser("run", help="pretrain and refine one problem; `pinnlsr run NAME --help` lists its options",
+                         add_help=False)
+    run.add_argument("name", help="problem name (see `pinnlsr list`)")
+    report = sub.add_parser("report", help="rebuild figures and summary.md of a run folder from its files")
+    report.add_argument("run_dir", help="folder written by a run with --out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "list":
+            return _list(args)
+        if args.command == "run":
+            return _run(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _report(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
