@@ -17,11 +17,12 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 from .lsr import lsr
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .problem import PDEProblem
+from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
 from .residual import residual_rows
 from .train import train_adam, train_lbfgs
 
@@ -114,7 +115,8 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     else:
         model = problem.default_model(generator, dtype, device)
     points = problem.sample_points(generator, dtype, device, parse_counts(args.points))
-    stages = []
+    stages: list[dict] = []
+    histories: list[dict] = []  # rows of history.csv
     if args.checkpoint is not None:
         t = time.perf_counter()
         notes = ckpt.load_into(model, args.checkpoint)
@@ -125,6 +127,7 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     elif args.adam_steps > 0:
         t = time.perf_counter()
         hist = train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, progress)
+        histories.extend(history_rows("adam", hist))
         stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
                              _residual_norm(problem, model, points), steps=args.adam_steps,
                              diverged=hist.diverged))
@@ -134,6 +137,7 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     if args.lbfgs_steps > 0:
         t = time.perf_counter()
         hist = train_lbfgs(problem, model, points, args.lbfgs_steps, progress=progress)
+        histories.extend(history_rows("lbfgs", hist))
         stages.append(_stage("lbfgs", time.perf_counter() - t, model_errors(problem, model, dtype, device),
                              _residual_norm(problem, model, points), steps=args.lbfgs_steps,
                              diverged=hist.diverged))
@@ -153,43 +157,41 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
                "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "stages": stages}
     print_table(stages)
     if args.out is not None:
-        write_outputs(problem, args, model, result, metrics)
+        histories.extend(history_rows("lsr", {"iteration": [0], "seconds": [d["seconds"]["total"]],
+                                               "residual": [d["residual_after"]], "rel_l2": [d.get("rel_l2_after")]}))
+        write_outputs(problem, args, model, result, metrics, histories)
     return metrics
 
 
-def write_outputs(problem: PDEProblem, args, model, result, metrics: dict) -> None:
-    """metrics.json, config.json, model.pt and the comparison figure, each written atomically."""
+def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histories: list[dict] | None = None,
+                  predictors: dict | None = None) -> None:
+    """The run folder (see :mod:`pinnlsr.report`): config.json, model.pt, history.csv,
+    predictions.npz, metrics.json, then figures and summary.md rebuilt from those files.
+
+    ``predictors`` maps stage names to models evaluated on the reference points (default: the
+    pretrained network and the LSR predictor)."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["problem"] = problem.name
     atomic_write_json(out / "config.json", config)
     ckpt.save_state_dict(model, out / "model.pt")
+    write_history_csv(out / "history.csv", histories or [])
+    ref = reference_on(problem, result.model.theta0.dtype, result.model.theta0.device)
+    if ref is not None:
+        x, u = ref
+        predictors = predictors or {metrics["stages"][0]["name"]: model, "lsr": result.model}
+        preds = {name: predict(m.to(x), x).cpu().numpy() for name, m in predictors.items()}
+        write_predictions(out / "predictions.npz", x.cpu().numpy(), u.cpu().numpy(), preds)
+    atomic_write_json(out / "metrics.json", metrics)
     if not args.no_plot:
         try:
-            figure = plot_run(problem, model, result.model, out)
-            if figure:
-                metrics["figure"] = figure.name
+            rebuild_report(out)
         except Exception as exc:  # a figure must never cost the numbers
-            print(f"warning: figure not written: {type(exc).__name__}: {exc}", file=sys.stderr)
-    atomic_write_json(out / "metrics.json", metrics)
+            print(f"warning: figures not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+    else:
+        atomic_write_text(out / "summary.md", summary_markdown(metrics, config, []))
     print(f"wrote {out / 'metrics.json'}")
-
-
-def plot_run(problem: PDEProblem, model, refined, out: Path) -> Path | None:
-    """Prediction / reference / |error| of the refined model on the reference points."""
-    from . import plotting
-
-    ref = reference_on(problem, refined.theta0.dtype, refined.theta0.device)
-    if ref is None or problem.dim > 2:
-        return None
-    x, u = ref
-    pred = predict(refined, x)
-    return plotting.plot_comparison(
-        x.cpu().numpy(), pred[:, 0].cpu().numpy(), u[:, 0].cpu().numpy(), out / "comparison.png",
-        titles=(f"LSR prediction ({problem.output_names[0]})", "reference", "|error|"),
-        suptitle=problem.name, log_error=True,
-    )
 
 
 def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,

@@ -1,0 +1,168 @@
+"""Run folders: what a run leaves behind, and rebuilding figures and summary from it.
+
+A run folder (``--out DIR``) holds
+
+- ``config.json``: the options of the run;
+- ``metrics.json``: the run output contract of DESIGN.md (stages in order, rel_l2, residual, ...);
+- ``history.csv``: one row per logged iteration of each method (method, iteration, seconds, loss,
+  residual, rel_l2; empty cells where a quantity was not measured);
+- ``predictions.npz``: the reference points (N, d), reference values (N, k) and each stage's
+  prediction there (arrays only, loaded with ``allow_pickle=False``);
+- ``model.pt``: the pretrained network (a state_dict, reusable with ``--checkpoint``);
+- figures (``comparison.png``, ``history.png``) and ``summary.md``.
+
+:func:`rebuild_report` recreates the figures and the summary from the files alone. Every file is
+written to a temporary name and renamed, so an interrupted write never leaves a broken file or
+destroys an older one.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_json, atomic_write_text
+
+HISTORY_COLUMNS = ("method", "iteration", "seconds", "loss", "residual", "rel_l2")
+REQUIRED = ("metrics.json", "config.json")
+
+
+def history_rows(method: str, history) -> list[dict]:
+    """Rows for history.csv from a training history (``step``, ``loss``, ``seconds`` lists) or a
+    dict of lists with keys among HISTORY_COLUMNS."""
+    if hasattr(history, "step"):
+        data = {"iteration": history.step, "seconds": history.seconds, "loss": history.loss}
+    else:
+        data = dict(history)
+    n = max((len(v) for v in data.values() if isinstance(v, (list, tuple))), default=0)
+    rows = []
+    for i in range(n):
+        row = {"method": method}
+        for key in HISTORY_COLUMNS[1:]:
+            values = data.get(key)
+            row[key] = values[i] if values is not None and i < len(values) else None
+        if row.get("loss") is not None and row.get("residual") is None:
+            row["residual"] = math.sqrt(max(float(row["loss"]), 0.0))
+        rows.append(row)
+    return rows
+
+
+def write_history_csv(path: Path, rows: list[dict]) -> Path:
+    """history.csv from rows (dicts with HISTORY_COLUMNS keys), atomically."""
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in HISTORY_COLUMNS})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_history_csv(path: Path) -> dict[str, dict[str, list]]:
+    """{method: {"iteration": [...], "seconds": [...], "residual": [...], "rel_l2": [...]}}."""
+    out: dict[str, dict[str, list]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "method" not in reader.fieldnames:
+            raise ValueError(f"{path}: not a pinnlsr history.csv (no 'method' column)")
+        for row in reader:
+            hist = out.setdefault(row["method"], {k: [] for k in HISTORY_COLUMNS[1:]})
+            for key in HISTORY_COLUMNS[1:]:
+                cell = row.get(key, "")
+                hist[key].append(float(cell) if cell not in ("", None) else None)
+    for hist in out.values():  # drop quantities never measured for a method
+        for key in [k for k, v in hist.items() if all(x is None for x in v)]:
+            del hist[key]
+    return out
+
+
+def write_predictions(path: Path, points: np.ndarray, reference: np.ndarray, predictions: dict[str, np.ndarray]) -> Path:
+    """predictions.npz: points (N, d), reference (N, k) and ``pred_<stage>`` (N, k), atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, points=points, reference=reference,
+                 **{f"pred_{name}": np.asarray(v) for name, v in predictions.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def summary_markdown(metrics: dict, config: dict, figures: list[str]) -> str:
+    """summary.md: the stage table, the figures and the options of the run."""
+    fmt = lambda v: "" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))
+    lines = [f"# {metrics.get('problem', 'run')}", "",
+             f"seed {metrics.get('seed')}, {metrics.get('dtype')} on {metrics.get('device')}, "
+             f"{metrics.get('n_params')} parameters", "",
+             "| stage | rel. L2 | max error | residual | seconds | rank |", "|---|---:|---:|---:|---:|---:|"]
+    for s in metrics.get("stages", []):
+        lines.append(f"| {s['name']} | {fmt(s.get('rel_l2'))} | {fmt(s.get('max_abs_err'))} | "
+                     f"{fmt(s.get('residual'))} | {fmt(s.get('seconds'))} | {fmt(s.get('rank'))} |")
+    stages = metrics.get("stages", [])
+    if len(stages) >= 2 and stages[0].get("rel_l2") and stages[-1].get("rel_l2"):
+        lines += ["", f"Error reduction {stages[0]['name']} → {stages[-1]['name']}: "
+                      f"{stages[0]['rel_l2'] / stages[-1]['rel_l2']:.2e}×"]
+    for fig in figures:
+        lines += ["", f"![{fig}]({fig})"]
+    lines += ["", "## Options", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
+
+
+def rebuild_report(run_dir: str | os.PathLike) -> list[Path]:
+    """Recreate the figures and summary.md of ``run_dir`` from its files; returns the paths written.
+
+    Raises FileNotFoundError naming what is missing when the folder is incomplete; nothing in the
+    folder is changed then."""
+    from . import plotting
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {str(run)!r} does not exist")
+    missing = [name for name in REQUIRED if not (run / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"run folder {str(run)!r} is incomplete: missing {', '.join(missing)}; rerun the problem with --out"
+        )
+    metrics = _load_json(run / "metrics.json")
+    config = _load_json(run / "config.json")
+    if not isinstance(metrics.get("stages"), list):
+        raise ValueError(f"{run / 'metrics.json'} has no 'stages' list: not a pinnlsr run")
+    written, figures = [], []
+    if (run / "predictions.npz").is_file():
+        with np.load(run / "predictions.npz", allow_pickle=False) as data:
+            points, reference = data["points"], data["reference"]
+            preds = {k[5:]: data[k] for k in data.files if k.startswith("pred_")}
+        if preds and points.shape[1] <= 2:
+            last = list(preds)[-1]
+            written.append(plotting.plot_comparison(
+                points, preds[last][:, 0], reference[:, 0], run / "comparison.png",
+                titles=(f"{last} prediction", "reference", "|error|"), suptitle=metrics.get("problem"),
+                log_error=True))
+            figures.append("comparison.png")
+    if (run / "history.csv").is_file():
+        histories = read_history_csv(run / "history.csv")
+        if histories:
+            written.append(plotting.plot_histories(histories, run / "history.png", title=metrics.get("problem")))
+            figures.append("history.png")
+    written.append(atomic_write_text(run / "summary.md", summary_markdown(metrics, config, figures)))
+    return written
+
+
+__all__ = ["history_rows", "write_history_csv", "read_history_csv", "write_predictions",
+           "summary_markdown", "rebuild_report", "atomic_write_json"]

@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from pinnlsr.cli import main as cli_main
+from pinnlsr.report import read_history_csv, rebuild_report
+from pinnlsr.runner import main
+from problems.poisson2d import Poisson2D
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "poisson"
+    code = main(Poisson2D, ["--adam-steps", "60", "--points", "pde=200", "bc=60", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_run_folder_is_complete(run_dir):
+    for name in ("config.json", "metrics.json", "history.csv", "predictions.npz", "model.pt",
+                 "comparison.png", "history.png", "summary.md"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["adam", "lsr"]
+    hist = read_history_csv(run_dir / "history.csv")
+    assert set(hist) == {"adam", "lsr"} and len(hist["adam"]["iteration"]) >= 2
+    with np.load(run_dir / "predictions.npz", allow_pickle=False) as data:
+        assert data["points"].shape == (101 * 101, 2) and data["pred_lsr"].shape == (101 * 101, 1)
+        err = np.linalg.norm(data["pred_lsr"] - data["reference"]) / np.linalg.norm(data["reference"])
+    assert err == pytest.approx(metrics["stages"][-1]["rel_l2"], rel=1e-9)
+    img = imread(run_dir / "comparison.png")
+    assert img.shape[0] > 100 and len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 50
+    summary = (run_dir / "summary.md").read_text()
+    assert "| adam |" in summary and "| lsr |" in summary and "comparison.png" in summary
+
+
+def test_report_rebuilds_figures(run_dir):
+    (run_dir / "comparison.png").unlink()
+    (run_dir / "summary.md").unlink()
+    assert cli_main(["report", str(run_dir)]) == 0
+    assert (run_dir / "comparison.png").stat().st_size > 10_000
+    assert "Error reduction" in (run_dir / "summary.md").read_text()
+
+
+def test_incomplete_run_folder_is_a_clear_error_and_nothing_is_lost(tmp_path, run_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    (broken / "summary.md").write_text("old summary")
+    with pytest.raises(FileNotFoundError, match="missing metrics.json"):
+        rebuild_report(broken)
+    assert (broken / "summary.md").read_text() == "old summary"
+    assert cli_main(["report", str(broken)]) == 2
+    assert cli_main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_cli_list_and_run_help(capsys):
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "poisson2d" in out and "2π²" in out
+    assert cli_main(["run", "no_such_problem"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["run", "poisson2d", "--help"])
+    assert exc.value.code == 0
+    assert "--rank" in capsys.readouterr().out
