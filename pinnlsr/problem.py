@@ -80,14 +80,17 @@ class PDEProblem:
         input_names: names of the d input coordinates (time last for space-time problems).
         output_names: names of the k outputs.
 
-    Methods to implement: :meth:`terms`; and :meth:`exact` (closed-form solution) or
-    :meth:`reference` (reference data) for error metrics.
+    Methods to implement: :meth:`terms`; and :meth:`exact` (closed-form solution), a
+    :attr:`reference_path`, or :meth:`reference` (reference data) for error metrics.
     """
 
     name: str = "problem"
     description: str = ""
     input_names: tuple[str, ...] = ("x",)
     output_names: tuple[str, ...] = ("u",)
+    #: a reference solution file (.npz, .mat, PINNacle .dat, or any mesh meshio reads, with point
+    #: data) used by :meth:`reference` when set; its columns must match the inputs and outputs.
+    reference_path: str | None = None
 
     @property
     def dim(self) -> int:
@@ -114,7 +117,14 @@ class PDEProblem:
     def reference(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(points (N, d), values (N, k)) for error metrics, or None when the problem has neither
         an exact solution nor reference data. The default uses :meth:`test_points` and
-        :meth:`exact`; problems with reference files override it."""
+        :meth:`exact`; with :attr:`reference_path` set it loads that file (through
+        :func:`pinnlsr.io.load_reference`) and checks its columns against the problem."""
+        if self.reference_path is not None:
+            from .io import load_reference
+
+            ref = load_reference(self.reference_path, dim=self.dim)
+            ref.check(self.dim, self.n_outputs)
+            return torch.from_numpy(ref.points), torch.from_numpy(ref.values)
         try:
             x = self.test_points()
             return x, self.exact(x)

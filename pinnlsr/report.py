@@ -9,7 +9,9 @@ A run folder (``--out DIR``) holds
 - ``predictions.npz``: the reference points (N, d), reference values (N, k) and each stage's
   prediction there (arrays only, loaded with ``allow_pickle=False``);
 - ``model.pt``: the pretrained network (a state_dict, reusable with ``--checkpoint``);
-- figures (``comparison.png``, ``history.png``) and ``summary.md``.
+- figures (``comparison.png``, ``history.png``), ``summary.md``, and ``solution.vtu`` (or
+  ``solution.xdmf`` + ``.h5`` for space-time problems) with reference, predictions and errors for
+  ParaView.
 
 :func:`rebuild_report` recreates the figures and the summary from the files alone. Every file is
 written to a temporary name and renamed, so an interrupted write never leaves a broken file or
@@ -97,6 +99,31 @@ def write_predictions(path: Path, points: np.ndarray, reference: np.ndarray, pre
     return path
 
 
+def write_fields(out: Path, points: np.ndarray, reference: np.ndarray, predictions: dict[str, np.ndarray],
+                 input_names: tuple[str, ...], output_names: tuple[str, ...]) -> Path:
+    """Fields for ParaView: ``solution.vtu`` (reference, each stage's prediction and |error| per
+    output at the reference points) or, for a space-time problem (last input named "t") whose
+    points form a space × time grid, an XDMF time series ``solution.xdmf`` + ``solution.h5``."""
+    from .io import write_vtu, write_xdmf_timeseries
+
+    fields: dict[str, np.ndarray] = {}
+    for j, name in enumerate(output_names):
+        fields[f"{name}_reference"] = reference[:, j]
+        for stage, pred in predictions.items():
+            fields[f"{name}_{stage}"] = pred[:, j]
+            fields[f"{name}_{stage}_abs_error"] = np.abs(pred[:, j] - reference[:, j])
+    if input_names and input_names[-1] == "t" and points.shape[1] >= 2:
+        times = np.unique(points[:, -1])
+        order = np.lexsort((points[:, 0], points[:, -1]))  # time slowest
+        n_space = points.shape[0] // len(times)
+        if n_space * len(times) == points.shape[0]:
+            space = points[order][:, :-1].reshape(len(times), n_space, -1)
+            if np.allclose(space, space[:1]):
+                series = {k: v[order].reshape(len(times), n_space) for k, v in fields.items()}
+                return write_xdmf_timeseries(out / "solution.xdmf", space[0], times, series)
+    return write_vtu(out / "solution.vtu", points, fields)
+
+
 def summary_markdown(metrics: dict, config: dict, figures: list[str]) -> str:
     """summary.md: the stage table, the figures and the options of the run."""
     fmt = lambda v: "" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))
@@ -155,6 +182,10 @@ def rebuild_report(run_dir: str | os.PathLike) -> list[Path]:
                 titles=(f"{last} prediction", "reference", "|error|"), suptitle=metrics.get("problem"),
                 log_error=True))
             figures.append("comparison.png")
+        if preds:
+            names = tuple(config.get("input_names") or [f"x{i}" for i in range(points.shape[1])])
+            outputs = tuple(config.get("output_names") or [f"u{j}" for j in range(reference.shape[1])])
+            written.append(write_fields(run, points, reference, preds, names, outputs))
     if (run / "history.csv").is_file():
         histories = read_history_csv(run / "history.csv")
         if histories:

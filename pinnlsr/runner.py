@@ -65,6 +65,14 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
                    help="architecture of --checkpoint: 'package.module:function' or 'file.py:function' returning the nn.Module (default: the problem's MLP)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--gn-iters", type=int, default=d.get("gn_iters", 0),
+                   help="tangent Gauss–Newton iterations after LSR, a 'gauss_newton' stage (0: none)")
+    p.add_argument("--ilsr-outer", type=int, default=d.get("ilsr_outer", 0),
+                   help="Iterative LSR outer iterations, an 'ilsr' stage (0: none); resumes from OUT/ilsr.pt")
+    p.add_argument("--align-iterations", type=int, default=d.get("align_iterations", 200),
+                   help="L-BFGS iterations aligning the network to the predictor in each ILSR iteration")
+    p.add_argument("--dtau", type=float, default=d.get("dtau", 1e-3),
+                   help="pseudo-time step Δτ of the ILSR alignment (weight 1/Δτ on |u - u_lin|²)")
     return p
 
 
@@ -152,6 +160,10 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
                          rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
                          linearized_residual=d["linearized_residual"], seconds_by_phase=d["seconds"],
                          peak_memory_gb=d["peak_memory_gb"]))
+    if args.gn_iters > 0 or args.ilsr_outer > 0:
+        from .ilsr import nonlinear_stages
+
+        stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget))
     metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
                "n_params": ParamSpec.of(model).numel,
                "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "stages": stages}
@@ -174,6 +186,7 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["problem"] = problem.name
+    config["input_names"], config["output_names"] = list(problem.input_names), list(problem.output_names)
     atomic_write_json(out / "config.json", config)
     ckpt.save_state_dict(model, out / "model.pt")
     write_history_csv(out / "history.csv", histories or [])

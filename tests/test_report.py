@@ -65,3 +65,28 @@ def test_cli_list_and_run_help(capsys):
         cli_main(["run", "poisson2d", "--help"])
     assert exc.value.code == 0
     assert "--rank" in capsys.readouterr().out
+
+
+def test_run_folder_has_fields_for_paraview(run_dir):
+    from pinnlsr.io import read_mesh_fields
+
+    points, fields = read_mesh_fields(run_dir / "solution.vtu")
+    with np.load(run_dir / "predictions.npz", allow_pickle=False) as data:
+        assert np.array_equal(points[:, :2], data["points"])
+        assert np.array_equal(fields["u_lsr"], data["pred_lsr"][:, 0])
+        assert np.array_equal(fields["u_reference"], data["reference"][:, 0])
+    assert np.allclose(fields["u_lsr_abs_error"], np.abs(fields["u_lsr"] - fields["u_reference"]))
+
+
+def test_space_time_fields_go_to_an_xdmf_time_series(tmp_path):
+    from pinnlsr.io import read_xdmf_timeseries
+    from pinnlsr.report import write_fields
+
+    x, t = np.linspace(-1, 1, 7), np.linspace(0, 1, 4)
+    pts = np.array([[a, b] for a in x for b in t])  # x slowest, like the reference loaders
+    ref = np.sin(pts[:, :1]) * np.exp(-pts[:, 1:])
+    path = write_fields(tmp_path, pts, ref, {"lsr": ref + 1e-3}, ("x", "t"), ("u",))
+    assert path.name == "solution.xdmf"
+    space, times, fields = read_xdmf_timeseries(path)
+    assert np.allclose(times, t) and space.shape[0] == 7
+    assert np.allclose(fields["u_lsr_abs_error"], 1e-3)
