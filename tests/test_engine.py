@@ -1,0 +1,156 @@
+"""Structured/streamed Jacobian engine against dense torch.func oracles."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from pinnlsr import engine
+from pinnlsr import jacobian as jac
+from pinnlsr import operators as op
+from pinnlsr.models import MLP, ParamSpec
+from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.residual import output_rows, residual_rows
+
+from oracles import TinyPoisson, dense_output_jacobian, dense_residual_jacobian
+
+TOL = 1e-10
+
+
+def scaled_mlp(seed=0, out_dim=1, activation="tanh"):
+    return MLP(2, out_dim, (6, 5), activation, input_lower=(0, -1), input_upper=(1, 2),
+               generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def setup():
+    problem = TinyPoisson()
+    model = scaled_mlp()
+    points = problem.sample_points(torch.Generator().manual_seed(3))
+    rows = residual_rows(problem, model, points)
+    theta = ParamSpec.of(model).flatten(model)
+    f0, g = dense_residual_jacobian(problem, model, points)
+    return problem, model, points, rows, theta, f0, g
+
+
+def budget_for(rows, n_points, columns=3):
+    """Bytes for n_points points per structured chunk (2 rows of m numbers plus the product)."""
+    return n_points * (2 * rows.m + columns) * 8
+
+
+@pytest.mark.parametrize("per_chunk", [None, 2])  # 2 points per chunk: streamed
+def test_structured_products_match_dense_oracle(setup, per_chunk):
+    _, _, _, rows, theta, _, g = setup
+    budget = None if per_chunk is None else budget_for(rows, per_chunk)
+    eng = engine.StructuredJacobian(rows, theta)
+    assert {k: (p.kind, p.order) for k, p in eng.plans.items()} == {"pde": ("jet", 2), "bc": ("jet", 0)}
+    if budget is not None:
+        assert engine.points_per_chunk(rows, budget, theta.dtype, "cpu", 3) < rows.blocks[0].points.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(rows.m, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(rows.n_rows, 3, generator=gen, dtype=torch.float64)
+    assert (engine.apply(rows, theta, v, budget) - g @ v).abs().max() <= TOL
+    assert (engine.apply_transpose(rows, theta, w, budget) - g.T @ w).abs().max() <= TOL
+    # the same through pinnlsr.jacobian's new mode (so lsr(..., jacobian_mode="structured"))
+    assert (jac.apply(rows, theta, v, "structured", budget) - g @ v).abs().max() <= TOL
+    assert (jac.apply_transpose(rows, theta, w, "structured", budget) - g.T @ w).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sin"])
+def test_output_rows_two_outputs(activation):
+    model = scaled_mlp(seed=1, out_dim=2, activation=activation)
+    x = torch.rand(9, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    rows = output_rows(model, x)
+    theta = ParamSpec.of(model).flatten(model)
+    dense = dense_output_jacobian(model, x)
+    eng = engine.StructuredJacobian(rows, theta)
+    assert eng.plans["outputs"].kind == "jet"
+    got = torch.cat([g for _, g in engine.iter_rows(rows, theta, budget_for(rows, 2, 0), engine=eng)])
+    assert (got - dense).abs().max() <= TOL
+
+
+class Shifted(PDEProblem):
+    """A periodic-style term that evaluates u at another point, plus a data term with targets."""
+
+    name = "shifted"
+    input_names = ("x", "t")
+
+    def terms(self):
+        pts = torch.rand(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        return [Term("pde", lambda u, x: op.partial(u, x, 1) + op.value(u, x) * op.partial(u, x, 0), pts),
+                Term("periodic", self.periodic, pts[:4]),
+                Term("data", lambda u, x, y: u(x) - y, pts[:5], weight=2.0, targets=pts[:5, :1] ** 2)]
+
+    @staticmethod
+    def periodic(u, x):
+        right = x + torch.tensor([1.0, 0.0], dtype=x.dtype)
+        return torch.stack([op.value(u, x) - op.value(u, right), op.partial(u, x, 0) - op.partial(u, right, 0)])
+
+
+def test_generic_fallback_and_data_terms():
+    problem = Shifted()
+    model = scaled_mlp(seed=4)
+    points = problem.sample_points(torch.Generator().manual_seed(0))
+    rows = residual_rows(problem, model, points)
+    theta = ParamSpec.of(model).flatten(model)
+    eng = engine.StructuredJacobian(rows, theta)
+    assert eng.plans["pde"].kind == "jet" and eng.plans["pde"].order == 1
+    assert eng.plans["periodic"].kind == "generic"
+    assert eng.plans["data"].kind == "jet" and eng.plans["data"].with_data
+    dense = jac.jacobian(rows, theta)  # vmap(jacrev) rows, checked against oracles in test_jacobian
+    got = torch.cat([g for _, g in engine.iter_rows(rows, theta, engine=eng)])
+    assert (got - dense).abs().max() <= TOL
+
+
+def test_budget_below_one_point_falls_back_with_warning(setup):
+    _, _, _, rows, theta, _, g = setup
+    v = torch.randn(rows.m, 2, dtype=torch.float64)
+    with pytest.warns(ResourceWarning, match="matrix-free"):
+        got = engine.apply(rows, theta, v, memory_budget=100)
+    assert (got - g @ v).abs().max() <= TOL
+    with pytest.raises(ValueError, match="cannot hold the Jacobian rows of one point"):
+        next(engine.iter_rows(rows, theta, memory_budget=100))
+
+
+def test_streaming_tsqr_matches_qr():
+    a = torch.randn(103, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    acc = engine.StreamingR(buffer_rows=10)
+    for i in range(0, 103, 9):
+        acc.add(a[i:i + 9])
+    r = acc.result()
+    r_ref = torch.linalg.qr(a, mode="r")[1]
+    assert (r.T @ r - a.T @ a).abs().max() <= 1e-12 * (a.T @ a).abs().max()
+    assert (r.abs() - r_ref.abs()).abs().max() <= 1e-12 * r_ref.abs().max()
+
+
+def dense_step(f0, g, j, omega, rank, rcond=1e-14):
+    """The LSR step on dense matrices: the oracle for lsr_step."""
+    q, _ = torch.linalg.qr(j.T @ omega)
+    _, s, vh = torch.linalg.svd(j @ q, full_matrices=False)
+    v = (q @ vh[:rank].T) / s[:rank]
+    a = g @ v
+    z = torch.linalg.lstsq(a, -f0, rcond=None, driver="gelsd").solution
+    return v, z, float((a @ z + f0).norm())
+
+
+@pytest.mark.parametrize("per_chunk", [None, 2])  # whole, and streamed TSQR in chunks
+def test_lsr_step_matches_dense_oracle(setup, per_chunk):
+    problem, model, points, rows, theta, f0, g = setup
+    budget = None if per_chunk is None else budget_for(rows, per_chunk, 10)
+    x_all = torch.cat(list(points.values()))
+    out = output_rows(model, x_all)
+    j = dense_output_jacobian(model, x_all)
+    rank = 6
+    omega = torch.randn(out.n_rows, rank + 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    res = engine.lsr_step(rows, out, theta, rank, omega=omega, memory_budget=budget)
+    v, z, linres = dense_step(f0, g, j, omega, rank)
+    assert res.rank == rank
+    assert abs(res.linearized_residual - linres) <= 1e-10 * linres
+    assert abs(res.residual_before - float(f0.norm())) <= 1e-12 * float(f0.norm())
+    # the basis is the dense one up to the sign of each direction; z follows the signs
+    signs = torch.sign((res.V * v).sum(0))
+    assert (res.V - v * signs).abs().max() <= 1e-8 * v.abs().max()
+    assert (res.z - z * signs).norm() <= 1e-8 * z.norm()
+    # J V is orthonormal (scaled basis)
+    jv = j @ res.V
+    assert (jv.T @ jv - torch.eye(rank, dtype=torch.float64)).abs().max() <= 1e-8
