@@ -1,0 +1,610 @@
+"""Refine a trained DeepXDE model in place (PyTorch backend).
+
+Three lines for a user who already has a ``dde.Model``::
+
+    from pinnlsr.interop import deepxde as px
+    result = px.refine(model)              # one-shot LSR in float64
+    u = result.predictor(x)                # an nn.Module, called like model.net
+
+The refinement problem is read from the model itself: ``model.data`` (``dde.data.PDE`` or
+``TimePDE``: its ``pde`` function, its BCs/ICs and training points, anchors included), the loss
+weights given to ``compile`` and ``model.net`` (feature and output transforms included, so hard
+constraints stay exact). The stacked residual is
+
+    f(θ) = concat_i sqrt(w_i / n_i) · e_i(θ),   ||f||² = Σ_i w_i mean(e_i²) = DeepXDE's training loss,
+
+with e_i the PDE residuals (on the PDE points, as DeepXDE slices them) and then each BC's error, in
+DeepXDE's order (``DeepXDEProblem.term_names``).
+
+DeepXDE's ``pde(x, y)`` takes derivatives with ``dde.grad`` (``torch.autograd.grad`` with
+``create_graph=True`` and a global cache), which ``torch.func`` transforms cannot trace. So the
+Jacobian products are computed with plain autograd: G·v by forward-mode AD on the parameters over
+DeepXDE's reverse-mode input derivatives (``torch.autograd.forward_ad`` dual parameters), Gᵀ·w by
+one more reverse pass; DeepXDE's gradient cache is cleared around every evaluation. Both are exact
+(tested against ``torch.autograd.functional.jacobian`` of the whole residual).
+
+Nonlinear PDEs: :func:`gauss_newton` re-linearizes in parameter space (truncated-SVD
+Levenberg–Marquardt steps). Its result is a network of DeepXDE's own architecture, which
+:func:`write_back` copies into ``model.net``. The refined linear predictor of :func:`refine` is a
+different function from any network; :func:`write_back` of an LSR result writes θ0 + V z (the
+network the step points to) and says how far that is from the predictor.
+
+float32 models are refined in float64 (a float64 copy of ``model.net``; the model itself is not
+touched until :func:`write_back`, which casts back to the model's dtype and reports the loss).
+
+Not supported (clear errors): TensorFlow/JAX/Paddle backends, forward-mode ``dde.config.autodiff``,
+data objects other than PDE/TimePDE (``PDEOperatorCartesianProd`` and the rest), mini-batched
+``PointSetBC``. External trainable variables (inverse problems) are held fixed.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import os
+import pickle
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call
+
+from ..models import LinearizedModel, ParamSpec
+from ..solvers import LeastSquaresSolution, no_tf32, solve
+
+SUPPORTED_DATA = ("PDE", "TimePDE")
+INSTALL_HINT = "install it with `pip install 'pinnlsr[deepxde]'` (or `pip install deepxde`)"
+
+
+# --------------------------------------------------------------------------------------
+# DeepXDE import and backend
+# --------------------------------------------------------------------------------------
+def import_deepxde():
+    """Import DeepXDE on the PyTorch backend and return the module.
+
+    When DeepXDE is not imported yet and the environment names no backend, sets
+    ``DDE_BACKEND=pytorch`` first (DeepXDE reads ``DDE_BACKEND``, then ``DDEBACKEND``, then
+    ``~/.deepxde/config.json``, else picks whatever is installed). Raises ImportError when DeepXDE
+    is missing and RuntimeError when it runs on another backend.
+    """
+    if "deepxde" not in sys.modules and not os.environ.get("DDE_BACKEND") and not os.environ.get("DDEBACKEND"):
+        os.environ["DDE_BACKEND"] = "pytorch"
+    try:
+        dde = importlib.import_module("deepxde")
+    except ImportError as exc:
+        raise ImportError(f"pinnlsr.interop.deepxde needs DeepXDE: {INSTALL_HINT}") from exc
+    check_backend(dde)
+    return dde
+
+
+def check_backend(dde) -> None:
+    """Raise a clear RuntimeError unless DeepXDE runs on PyTorch with reverse-mode autodiff."""
+    name = getattr(dde.backend, "backend_name", None)
+    if name != "pytorch":
+        raise RuntimeError(
+            f"DeepXDE is running on the {name!r} backend; pinnlsr refines PyTorch models only. "
+            "Set the environment variable DDE_BACKEND=pytorch before Python imports deepxde "
+            "(e.g. `DDE_BACKEND=pytorch python train.py`), retrain or restore the model there, then refine."
+        )
+    if getattr(dde.config, "autodiff", "reverse") != "reverse":
+        raise RuntimeError(
+            f"dde.config.autodiff is {dde.config.autodiff!r}; pinnlsr supports DeepXDE's default "
+            "reverse-mode autodiff only: call dde.config.set_default_autodiff('reverse')"
+        )
+
+
+def _check_model(dde, model) -> None:
+    check_backend(dde)
+    net = getattr(model, "net", None)
+    if not isinstance(net, nn.Module):
+        raise TypeError(
+            f"model.net is a {type(net).__module__}.{type(net).__name__}, not a torch.nn.Module: "
+            "pinnlsr refines DeepXDE models built on the PyTorch backend (DDE_BACKEND=pytorch)"
+        )
+    data = getattr(model, "data", None)
+    kind = type(data).__name__
+    if not isinstance(data, dde.data.PDE):  # TimePDE is a subclass
+        extra = (" (physics-informed DeepONets: per-instance refinement of PDEOperatorCartesianProd "
+                 "is not implemented in this interop yet)" if "Operator" in kind else "")
+        raise TypeError(
+            f"model.data is a {kind}; pinnlsr.interop.deepxde supports dde.data."
+            f"{' and dde.data.'.join(SUPPORTED_DATA)} only{extra}"
+        )
+    for i, bc in enumerate(data.bcs):
+        if getattr(bc, "batch_size", None) is not None:
+            raise ValueError(
+                f"BC {i} ({type(bc).__name__}) uses batch_size={bc.batch_size}; refinement needs a fixed "
+                "point set: rebuild it with batch_size=None"
+            )
+    if data.auxiliary_var_fn is not None and data.train_aux_vars is None:
+        raise ValueError("model.data has an auxiliary_var_function but no train_aux_vars: call data.train_next_batch()")
+
+
+def _loss_name(model) -> str | None:
+    """The loss function compile() bound into the training closure, or None when not found."""
+    fn = getattr(model, "outputs_losses_train", None)
+    seen, stack = set(), [fn]
+    while stack:
+        f = stack.pop()
+        if f is None or id(f) in seen:
+            continue
+        seen.add(id(f))
+        for cell in getattr(f, "__closure__", None) or ():
+            try:
+                v = cell.cell_contents
+            except ValueError:
+                continue
+            if callable(v) and getattr(v, "__module__", "") == "deepxde.losses":
+                return v.__name__
+            if callable(v) and hasattr(v, "__closure__"):
+                stack.append(v)
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# the refinement problem
+# --------------------------------------------------------------------------------------
+class DeepXDEProblem:
+    """The weighted residual of a compiled ``dde.Model`` as a function of a float64 copy of its net.
+
+    Attributes: ``net`` (the copy, ``dtype``), ``spec`` (its trainable parameters), ``X`` (n_x, d)
+    the training inputs (BC points first, then PDE points, as ``data.train_x``), ``term_names``,
+    ``weights``, ``n_rows`` (length of f), ``notes`` (what was converted or ignored).
+
+    ``anchors`` (k, d): extra PDE points for the refinement only, appended after the training
+    points (``model.data`` is not changed); the BC points stay DeepXDE's.
+    """
+
+    def __init__(self, model, dtype: torch.dtype = torch.float64, device=None,
+                 loss_weights: Sequence[float] | None = None, anchors=None):
+        dde = import_deepxde()
+        _check_model(dde, model)
+        self.dde, self.model, self.data = dde, model, model.data
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else next(model.net.parameters()).device
+        self.notes: list[str] = []
+        src_dtype = next(model.net.parameters()).dtype
+        if src_dtype != dtype:
+            self.notes.append(f"model.net is {src_dtype}; refining a {dtype} copy")
+        loss = _loss_name(model)
+        if loss is not None and loss != "mean_squared_error":
+            raise ValueError(f"the model was compiled with loss {loss!r}; LSR refines the mean-squared loss only "
+                             "(compile with loss='MSE')")
+        if loss is None:
+            self.notes.append("could not read the compiled loss; assuming 'MSE' (DeepXDE's default)")
+        if getattr(model, "external_trainable_variables", None):
+            self.notes.append("external trainable variables are held fixed")
+        if getattr(model.net, "regularizer", None):
+            self.notes.append(f"net regularizer {model.net.regularizer} is not part of the refined residual")
+
+        self.net = copy.deepcopy(model.net).to(device=self.device, dtype=dtype)
+        self.net.train(False)
+        self.spec = ParamSpec.of(self.net)
+        data = self.data
+        # Points in float64 (a new array: DeepXDE caches BC values by id(X), so these are computed
+        # from the float64 points, once, and the array is kept alive with the problem).
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.X_np = np.asarray(data.train_x, dtype=np_dtype)
+        if anchors is not None:
+            if data.pde is None:
+                raise ValueError("anchors are PDE points, but model.data has no pde")
+            anchors = np.asarray(anchors, dtype=np_dtype).reshape(-1, self.X_np.shape[1])
+            self.X_np = np.vstack((self.X_np, anchors))
+            self.notes.append(f"{len(anchors)} extra PDE points (anchors) for the refinement")
+        self.X = torch.as_tensor(self.X_np, dtype=dtype, device=self.device)
+        self.aux = None
+        if data.auxiliary_var_fn is not None:
+            aux = data.train_aux_vars if anchors is None else data.auxiliary_var_fn(self.X_np)
+            self.aux = torch.as_tensor(np.asarray(aux), dtype=dtype, device=self.device)
+        self.bcs_start = [int(v) for v in np.cumsum([0] + list(data.num_bcs))]
+        with torch.no_grad():
+            y = self.net(self.X[:1])
+        self.n_outputs = int(y.shape[-1])
+        self._check_components()
+        errors = self._errors_checked()
+        n_terms = len(errors)
+        n_pde = n_terms - len(data.bcs)
+        self.term_names = [f"pde{i}" if n_pde > 1 else "pde" for i in range(n_pde)] + [
+            f"bc{i}:{type(bc).__name__}" for i, bc in enumerate(data.bcs)]
+        weights = loss_weights if loss_weights is not None else getattr(model, "loss_weights", None)
+        if weights is None:
+            weights = [1.0] * n_terms
+        weights = [float(w) for w in np.asarray(weights, dtype=np.float64).reshape(-1)]
+        if len(weights) != n_terms:
+            raise ValueError(f"{len(weights)} loss weights for {n_terms} loss terms ({', '.join(self.term_names)})")
+        self.weights = weights
+        self.sizes = [int(e.numel()) for e in errors]
+        self.scales = [math.sqrt(w / s) if s else 0.0 for w, s in zip(weights, self.sizes)]
+        self.n_rows = sum(self.sizes)
+
+    # ---- checks ----
+    def _check_components(self) -> None:
+        k = self.n_outputs
+        for i, bc in enumerate(self.data.bcs):
+            comps = getattr(bc, "component", 0)
+            comps = comps if isinstance(comps, (list, tuple)) else [comps]
+            if any(int(c) >= k for c in comps):
+                raise ValueError(
+                    f"BC {i} ({type(bc).__name__}) is on output component {max(comps)}, but model.net has "
+                    f"{k} output(s): the network's output size disagrees with the problem"
+                )
+
+    def _errors_checked(self) -> list[torch.Tensor]:
+        try:
+            errors = self.errors(self.net)
+        except (IndexError, ValueError, RuntimeError) as exc:
+            raise ValueError(
+                f"evaluating DeepXDE's pde/BC errors on model.net ({self.n_outputs} output(s), input dim "
+                f"{self.X.shape[1]}) failed: {exc}. Check that the network's output size matches what "
+                "pde(x, y) and the BCs use"
+            ) from exc
+        n = self.X.shape[0]
+        nb = self.bcs_start[-1]
+        for i, e in enumerate(errors[: len(errors) - len(self.data.bcs)]):
+            if e.ndim == 0 or e.shape[0] != n - nb or e.numel() == 0:
+                raise ValueError(
+                    f"pde output {i} has shape {tuple(e.shape)}, expected ({n - nb}, ...) rows: pde(x, y) must "
+                    f"return one residual row per input point (is model.net's output size, {self.n_outputs}, what "
+                    "pde(x, y) indexes?)"
+                )
+        return errors
+
+    # ---- evaluation ----
+    def errors(self, net: Callable, params: dict | None = None, x: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """DeepXDE's loss errors e_i, in order (PDE outputs on the PDE points, then each BC), for the
+        network ``net`` (with ``params`` substituted via functional_call when given)."""
+        dde, data = self.dde, self.data
+        x = (self.X if x is None else x).detach().clone().requires_grad_(True)
+        dde.grad.clear()
+        try:
+            y = net(x) if params is None else functional_call(net, params, (x,))
+            f = []
+            if data.pde is not None:
+                if self.aux is not None:
+                    f = data.pde(x, y, self.aux)
+                else:
+                    f = data.pde(x, y)
+                if not isinstance(f, (list, tuple)):
+                    f = [f]
+            nb = self.bcs_start[-1]
+            out = [fi[nb:] for fi in f]
+            for i, bc in enumerate(data.bcs):
+                out.append(bc.error(self.X_np, x, y, self.bcs_start[i], self.bcs_start[i + 1]))
+        finally:
+            dde.grad.clear()
+        return out
+
+    def residual(self, net: Callable | None = None, params: dict | None = None) -> torch.Tensor:
+        """The stacked weighted residual f (n_rows,): ||f||² = DeepXDE's weighted training loss."""
+        errs = self.errors(self.net if net is None else net, params)
+        return torch.cat([s * e.reshape(-1) for s, e in zip(self.scales, errs)])
+
+    def term_losses(self, net: Callable | None = None) -> list[float]:
+        """w_i · mean(e_i²) per term (what DeepXDE reports as the training losses)."""
+        f = self.residual(net).detach()
+        return [float((b**2).sum()) for b in torch.split(f, self.sizes)]
+
+    def theta(self) -> torch.Tensor:
+        """The copy's trainable parameters as one vector (m,)."""
+        return self.spec.flatten(self.net)
+
+    def residual_at(self, theta: torch.Tensor) -> torch.Tensor:
+        """f(θ) (n_rows,), detached."""
+        return self.residual(params=self.spec.unflatten(theta)).detach()
+
+    def jvp(self, theta: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """G·V (n_rows, r) at θ: one forward-mode pass per column (dual parameters, DeepXDE's
+        reverse-mode input derivatives inside)."""
+        V = V.reshape(V.shape[0], -1)
+        cols = []
+        for j in range(V.shape[1]):
+            with fwAD.dual_level():
+                dual = fwAD.make_dual(theta.detach(), V[:, j].detach().to(theta))
+                f = self.residual(params=self.spec.unflatten(dual))
+                cols.append(fwAD.unpack_dual(f).tangent.detach())
+        return torch.stack(cols, dim=1)
+
+    def vjp(self, theta: torch.Tensor, W: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """Gᵀ·W (m, k) at θ: reverse mode through the residual graph, ``batch`` columns per pass."""
+        W = W.reshape(W.shape[0], -1)
+        th = theta.detach().clone().requires_grad_(True)
+        f = self.residual(params=self.spec.unflatten(th))
+        out = []
+        for start in range(0, W.shape[1], batch):
+            w = W[:, start:start + batch].T.to(f)
+            last = start + batch >= W.shape[1]
+            if w.shape[0] == 1:
+                (g,) = torch.autograd.grad(f, th, w[0], retain_graph=not last)
+                out.append(g[:, None])
+            else:
+                (g,) = torch.autograd.grad(f, th, w, retain_graph=not last, is_grads_batched=True)
+                out.append(g.T)
+        return torch.cat(out, dim=1).detach()
+
+    def jacobian(self, theta: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """Dense G (n_rows, m) at θ, by reverse mode on rows of the identity."""
+        eye = torch.eye(self.n_rows, dtype=theta.dtype, device=theta.device)
+        return self.vjp(theta, eye, batch=batch).T.contiguous()
+
+    # ---- reference errors ----
+    def reference(self):
+        """(X, U) from ``data.soln`` on ``data.test_x`` in float64, or None."""
+        soln = getattr(self.data, "soln", None)
+        if soln is None:
+            return None
+        X = np.asarray(self.data.test_x, dtype=np.float64)
+        return X, np.asarray(soln(X), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# results, predictor, write-back
+# --------------------------------------------------------------------------------------
+@dataclass
+class DeepXDERefinement:
+    """What :func:`refine` and :func:`gauss_newton` return.
+
+    ``predictor``: the refined model, an nn.Module called like ``model.net`` on tensors (N, d) in
+    ``problem.dtype`` (a :class:`~pinnlsr.models.LinearizedModel` for LSR, a copy of the net for
+    Gauss–Newton); ``network``: a copy of ``model.net`` at the refined parameters (what
+    :func:`write_back` writes); ``diagnostics``: residuals, errors, rank, seconds, notes.
+    """
+
+    predictor: nn.Module
+    network: nn.Module
+    problem: DeepXDEProblem
+    method: str
+    diagnostics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+    def predict(self, x) -> np.ndarray:
+        """Predictor values at points x (array-like (N, d)) as a float64 NumPy array."""
+        return predict(self.predictor, x, self.problem.dtype)
+
+
+def predict(module: Callable, x, dtype: torch.dtype = torch.float64, chunk: int = 8192) -> np.ndarray:
+    """``module`` evaluated on x (N, d) in chunks, returned as NumPy (N, k)."""
+    p = next(iter(module.parameters()), None) if isinstance(module, nn.Module) else None
+    device = p.device if p is not None else torch.device("cpu")
+    x = torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+    outs = []
+    for s in range(0, x.shape[0], chunk):
+        with torch.enable_grad():  # LinearizedModel's jvp; cheap without create_graph
+            outs.append(module(x[s:s + chunk]).detach())
+    return torch.cat(outs).cpu().numpy().astype(np.float64)
+
+
+def rel_l2(pred: np.ndarray, ref: np.ndarray) -> float:
+    """||pred - ref||₂ / ||ref||₂ over all points and outputs."""
+    return float(np.linalg.norm(pred - ref) / np.linalg.norm(ref))
+
+
+def _errors_vs(problem: DeepXDEProblem, module: Callable, reference) -> dict:
+    if reference is None:
+        return {}
+    X, U = reference
+    P = predict(module, X, problem.dtype)
+    U = np.asarray(U, dtype=np.float64).reshape(P.shape)
+    return {"rel_l2": rel_l2(P, U), "max_abs_err": float(np.abs(P - U).max())}
+
+
+def _norm(v: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(v))
+
+
+def refine(model, *, rank: int | None = None, subspace: str = "svd", oversampling: int = 10,
+           rcond: float = 1e-14, rcond_basis: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float64,
+           device=None, loss_weights: Sequence[float] | None = None, anchors=None, reference=None,
+           problem: DeepXDEProblem | None = None) -> DeepXDERefinement:
+    """One-shot LSR of a compiled DeepXDE model; ``model`` is not modified.
+
+    ``subspace="svd"``: dense G (n_rows, m) by reverse mode, V = the top ``rank`` right singular
+    vectors scaled by 1/σ (default rank: all with σ > rcond_basis·σ_max, at most min(n_rows, m)).
+    ``subspace="randomized"``: Y = Gᵀ Ω (rank + oversampling columns), Q = orth(Y), then the SVD
+    of G Q (forward mode), for nets too large for a dense G. ``anchors``: extra PDE points for the
+    refinement (see :class:`DeepXDEProblem`). ``reference`` = (X, U) arrays for the error (default:
+    ``data.soln`` on ``data.test_x`` when the data has a solution).
+    """
+    t_start = time.perf_counter()
+    prob = problem or DeepXDEProblem(model, dtype=dtype, device=device, loss_weights=loss_weights, anchors=anchors)
+    reference = reference if reference is not None else prob.reference()
+    theta = prob.theta()
+    m, n = theta.numel(), prob.n_rows
+    seconds = {}
+    t = time.perf_counter()
+    f0 = prob.residual_at(theta)
+    seconds["residual"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with no_tf32():
+        if subspace == "svd":
+            G = prob.jacobian(theta)
+            seconds["jacobian"] = time.perf_counter() - t
+            t = time.perf_counter()
+            U, S, Wh = torch.linalg.svd(G, full_matrices=False)
+            W, GW = Wh.T, U * S
+        elif subspace == "randomized":
+            k = min(m, n, (rank or min(m, n)) + oversampling)
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            omega = torch.randn(n, k, generator=gen, dtype=theta.dtype).to(theta.device)
+            Q, _ = torch.linalg.qr(prob.vjp(theta, omega))
+            GQ = prob.jvp(theta, Q)
+            seconds["jacobian"] = time.perf_counter() - t
+            t = time.perf_counter()
+            U, S, Zh = torch.linalg.svd(GQ, full_matrices=False)
+            W, GW = Q @ Zh.T, U * S
+        else:
+            raise ValueError(f"subspace must be 'svd' or 'randomized', got {subspace!r}")
+        keep = int((S > rcond_basis * S[0]).sum()) if S[0] > 0 else 0
+        r = min(rank or keep, keep)
+        if r == 0:
+            raise ValueError("the residual Jacobian is zero: the network does not depend on its parameters here")
+        V = W[:, :r] / S[:r]
+        GV = GW[:, :r] / S[:r]
+        seconds["basis"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sol = solve(GV, -f0, method="svd", rcond=rcond)
+        seconds["solve"] = time.perf_counter() - t
+    t = time.perf_counter()
+    predictor = LinearizedModel(prob.net, V, sol.z)
+    predictor.eval()
+    f_after = prob.residual(predictor).detach()
+    network = predictor.network_at(1.0)
+    diag = {
+        "method": "lsr", "subspace": subspace, "rank": r, "n_rows": n, "n_params": m,
+        "dtype": str(prob.dtype).replace("torch.", ""), "cond": sol.cond, "rank_used": sol.rank_used,
+        "residual_before": _norm(f0), "linearized_residual": sol.residual_norm, "residual_after": _norm(f_after),
+        "residual_network": _norm(prob.residual(network).detach()),
+        "terms_before": dict(zip(prob.term_names, prob.term_losses())),
+        "terms_after": dict(zip(prob.term_names, prob.term_losses(predictor))),
+        "notes": list(prob.notes),
+    }
+    for tag, mod in (("before", prob.net), ("after", predictor), ("network", network)):
+        for key, v in _errors_vs(prob, mod, reference).items():
+            diag[f"{key}_{tag}"] = v
+    seconds["diagnostics"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t_start
+    diag["seconds"] = seconds
+    return DeepXDERefinement(predictor, network, prob, "lsr", diag)
+
+
+def gauss_newton(model, *, iterations: int = 20, rcond: float = 1e-12, damping: float = 1e-8,
+                 dtype: torch.dtype = torch.float64, device=None, loss_weights: Sequence[float] | None = None,
+                 anchors=None, reference=None, problem: DeepXDEProblem | None = None, tol: float = 0.0,
+                 callback: Callable | None = None) -> DeepXDERefinement:
+    """Parameter-space Gauss–Newton (Levenberg–Marquardt) on the DeepXDE residual; ``model`` is
+    not modified. Each step: dense G by reverse mode, SVD, δ = −Σ_k σ_k/(σ_k² + λ²) w_k u_kᵀ f
+    (σ_k > rcond·σ_max), λ = damping·σ_max, raised ×4 until ||f|| decreases, lowered ×3 after a
+    success. Returns the refined network (predictor = network), history per iteration."""
+    t_start = time.perf_counter()
+    prob = problem or DeepXDEProblem(model, dtype=dtype, device=device, loss_weights=loss_weights, anchors=anchors)
+    reference = reference if reference is not None else prob.reference()
+    net = copy.deepcopy(prob.net)
+    theta = prob.theta()
+    f = prob.residual_at(theta)
+    lam_rel = damping
+    history = []
+    diag = {"residual_before": _norm(f), "terms_before": dict(zip(prob.term_names, prob.term_losses()))}
+    for key, v in _errors_vs(prob, prob.net, reference).items():
+        diag[f"{key}_before"] = v
+    for it in range(iterations):
+        t = time.perf_counter()
+        G = prob.jacobian(theta)
+        with no_tf32():
+            U, S, Wh = torch.linalg.svd(G, full_matrices=False)
+        keep = S > rcond * S[0]
+        Uk, Sk, Wk = U[:, keep], S[keep], Wh[keep].T
+        b = Uk.T @ f
+        accepted = False
+        for _ in range(25):
+            lam = lam_rel * S[0]
+            step = -(Wk @ (Sk / (Sk**2 + lam**2) * b))
+            f_new = prob.residual_at(theta + step)
+            if torch.isfinite(f_new).all() and _norm(f_new) < _norm(f):
+                accepted = True
+                break
+            lam_rel *= 4.0
+        rec = {"iteration": it + 1, "residual": _norm(f_new) if accepted else _norm(f), "damping": lam_rel,
+               "accepted": accepted, "rank_used": int(keep.sum()), "seconds": time.perf_counter() - t}
+        if accepted:
+            theta, f = theta + step, f_new
+            lam_rel = max(lam_rel / 3.0, 1e-15)
+        if reference is not None and (callback is not None or it == iterations - 1):
+            prob.spec.assign(net, theta)
+            rec.update(_errors_vs(prob, net, reference))
+        history.append(rec)
+        if callback is not None:
+            callback(rec)
+        if not accepted or _norm(f) <= tol:
+            break
+    prob.spec.assign(net, theta)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    diag.update({
+        "method": "gauss_newton", "iterations": len(history), "n_rows": prob.n_rows, "n_params": theta.numel(),
+        "dtype": str(prob.dtype).replace("torch.", ""), "residual_after": _norm(f),
+        "terms_after": dict(zip(prob.term_names, prob.term_losses(net))), "notes": list(prob.notes),
+    })
+    for key, v in _errors_vs(prob, net, reference).items():
+        diag[f"{key}_after"] = v
+    diag["seconds"] = {"total": time.perf_counter() - t_start}
+    return DeepXDERefinement(net, net, prob, "gauss_newton", diag, history)
+
+
+def write_back(model, refined: DeepXDERefinement | nn.Module) -> dict:
+    """Copy the refined network's parameters into ``model.net`` in place (cast to its dtype).
+
+    Returns {"max_change", "dtype", "note"}: with float32 models the float64 refinement is rounded
+    (say so); for an LSR result the written network is θ0 + V z, not the linear predictor itself
+    (its residual is in ``diagnostics["residual_network"]``)."""
+    network = refined.network if isinstance(refined, DeepXDERefinement) else refined
+    src = dict(network.named_parameters())
+    dst = dict(model.net.named_parameters())
+    missing = [k for k in dst if k not in src]
+    if missing or set(src) - set(dst):
+        raise ValueError(f"refined network and model.net have different parameters (missing {missing[:4]}, "
+                         f"extra {sorted(set(src) - set(dst))[:4]}): was it refined from this model?")
+    change = 0.0
+    with torch.no_grad():
+        for k, p in dst.items():
+            if p.shape != src[k].shape:
+                raise ValueError(f"parameter {k!r}: model.net has shape {tuple(p.shape)}, refined {tuple(src[k].shape)}")
+            new = src[k].detach().to(device=p.device, dtype=p.dtype)
+            change = max(change, float((new.double() - p.double()).abs().max()))
+            p.copy_(new)
+    dtype = next(model.net.parameters()).dtype
+    notes = []
+    if dtype != next(network.parameters()).dtype:
+        notes.append(f"weights rounded from {next(network.parameters()).dtype} to {dtype}: refined accuracy "
+                     "below that precision is lost; keep the float64 predictor for accurate values")
+    if isinstance(refined, DeepXDERefinement) and refined.method == "lsr":
+        notes.append("LSR result: wrote θ0 + V z, the network the step points to, which differs from the "
+                     "linear predictor (use gauss_newton for a network that is the refined model)")
+    return {"max_change": change, "dtype": str(dtype).replace("torch.", ""), "note": "; ".join(notes)}
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------
+def load_checkpoint(model_or_net, path: str | os.PathLike, strict: bool = True) -> list[str]:
+    """Load network weights from a DeepXDE ``model.save`` file (``<prefix>-<step>.pt``) or a plain
+    state_dict into ``model.net`` (or a bare net), without compile or the optimizer.
+
+    Reads with ``torch.load(weights_only=True)`` (no code runs). Returns what was ignored (e.g.
+    ``optimizer_state_dict``). Pickle-protocol saves (``.pkl``) are refused: re-save with the
+    default protocol.
+    """
+    net = model_or_net.net if hasattr(model_or_net, "net") else model_or_net
+    if not isinstance(net, nn.Module):
+        raise TypeError("load_checkpoint needs a PyTorch-backend dde.Model or its net (a torch.nn.Module)")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (model.save appends '-<iteration>.pt')")
+    if path.suffix == ".pkl":
+        raise ValueError(f"{path.name} was saved with protocol='pickle', which runs code on load; re-save with "
+                         "model.save(prefix) (protocol='backend')")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path.name} is not a weights-only PyTorch checkpoint ({exc}); save the net's "
+                         "state_dict with torch.save or model.save") from exc
+    ignored: list[str] = []
+    if isinstance(obj, dict) and "model_state_dict" in obj:
+        state = obj["model_state_dict"]
+        ignored = [k for k in obj if k != "model_state_dict"]
+    elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        state = obj
+    else:
+        raise ValueError(f"{path.name}: expected DeepXDE's {{'model_state_dict': ..., 'optimizer_state_dict': ...}} "
+                         "or a plain state_dict")
+    dtype = next(net.parameters()).dtype
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    result = net.load_state_dict(state, strict=strict)
+    ignored += [f"unexpected key {k}" for k in result.unexpected_keys]
+    ignored += [f"missing key {k}" for k in result.missing_keys]
+    return ignored
