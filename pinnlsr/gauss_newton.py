@@ -1,0 +1,256 @@
+"""Tangent-space Gauss–Newton (Levenberg–Marquardt) on the refined linear predictor.
+
+θ0 and the basis V (m, r) stay fixed; the unknowns are the r coefficients z of the predictor
+u_lin(x; z) = u(θ0, x) + J(x) V z. For a nonlinear PDE the residual f(z) of u_lin is nonlinear in z,
+so each step re-linearizes it in z: A = df/dz (n, r), and solves the damped problem
+
+    min_δ ||f + A δ||² + μ ||δ||²
+
+through one SVD of A (several damping values per SVD cost one residual evaluation each). A trial step
+is accepted only when it lowers ||f|| on the collocation points, so the training residual never
+rises; μ grows after a rejection and shrinks after a good step (Nielsen's rule). Progress is judged
+on fresh *validation* points: the predictor can overfit the collocation points, so the result is the
+z with the lowest validation residual, and a run stops after ``patience`` accepted steps without a
+validation improvement.
+
+Starting from z = 0 with μ → 0 the first step is exactly one-shot LSR.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import jacobian as jac
+from .lsr import _resolve_device, choose_basis, prepare_model
+from .metrics import model_errors
+from .models import LinearizedModel, ParamSpec
+from .problem import PDEProblem
+from .residual import Rows, output_rows, residual_rows
+from .solvers import no_tf32
+from .subspace import Basis
+
+
+@dataclass
+class GaussNewtonResult:
+    """What :func:`tangent_gauss_newton` returns.
+
+    ``model`` is the predictor at the best z by validation residual (``best_iteration``);
+    ``history`` holds one record per iteration (iteration 0 is the starting z): residual (on the
+    collocation points), validation_residual, linearized_residual (the model's prediction
+    ||f + A δ|| of the accepted step), damping μ, step_norm, gain_ratio, tries (trial steps
+    evaluated), rejected (trial steps refused), seconds (since the start) and, with
+    ``compute_errors``, rel_l2 / max_abs_err against the reference."""
+
+    model: LinearizedModel
+    z: torch.Tensor
+    basis: Basis
+    history: list[dict]
+    best_iteration: int
+    stop_reason: str
+    points: dict[str, torch.Tensor]
+    validation_points: dict[str, torch.Tensor]
+    diagnostics: dict = field(default_factory=dict)
+
+
+def _norm(v: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(v))
+
+
+def _safe_values(rows: Rows, z: torch.Tensor) -> torch.Tensor | None:
+    """f(z), or None when it is not finite (a diverging trial step)."""
+    with torch.no_grad():
+        f = rows.values(z, check=False)
+    return f if bool(torch.isfinite(f).all()) else None
+
+
+def z_jacobian(rows: Rows, z: torch.Tensor, n_base_params: int, memory_budget: int | None) -> torch.Tensor:
+    """A = df/dz (n, r) of the predictor's residual rows. The per-point backward pass runs through
+    the base network's m parameters as well as the r coefficients, so the chunk budget is shared
+    out over r + 4m numbers per row instead of r."""
+    budget = jac.default_memory_budget(z.device) if memory_budget is None else int(memory_budget)
+    r = z.numel()
+    return jac.jacobian(rows, z, max(1, budget * r // (r + 4 * n_base_params)))
+
+
+def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,
+                           counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Fresh points from the problem's samplers with a generator independent of the training
+    points (seed offset by a large prime), for judging a refinement off its collocation points."""
+    gen = torch.Generator().manual_seed(int(seed) + 1_000_003)
+    return problem.sample_points(gen, dtype, device, counts)
+
+
+def tangent_gauss_newton(
+    problem: PDEProblem,
+    model: nn.Module,
+    *,
+    points: dict[str, torch.Tensor] | None = None,
+    validation_points: dict[str, torch.Tensor] | None = None,
+    basis: Basis | None = None,
+    rank: int | None = None,
+    subspace: str = "auto",
+    oversampling: int = 10,
+    power_iterations: int = 0,
+    scale_basis: bool = True,
+    z0: torch.Tensor | None = None,
+    max_iters: int = 20,
+    damping: float = 1e-20,
+    max_tries: int = 12,
+    patience: int = 3,
+    tol: float = 1e-12,
+    rcond: float | None = 1e-14,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+    memory_budget: int | None = None,
+    compute_errors: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> GaussNewtonResult:
+    """Levenberg–Marquardt in the coefficients z of the refined predictor around ``model``.
+
+    Args:
+        points: collocation points {term: (n_t, d)}; drawn from the problem with ``seed`` if None.
+        validation_points: fresh points for the stopping rule and the choice of the returned z;
+            drawn independently of ``points`` if None (see :func:`draw_validation_points`).
+        basis: the subspace (e.g. from an earlier LSR); else built as in :func:`pinnlsr.lsr.lsr`
+            from ``rank``, ``subspace``, ``oversampling``, ``power_iterations``, ``scale_basis``.
+        z0: starting coefficients (default 0: the first step is one-shot LSR).
+        max_iters: Jacobian evaluations (outer LM iterations) at most.
+        damping: initial μ relative to σ_max(A)² (1e-20 damps directions with σ < 1e-10 σ_max:
+            nearly the undamped LSR step, which high-accuracy refinement needs); multiplied by 10
+            (then more) after each rejected trial, and by max(1/3, 1 - (2ρ - 1)³) after an accepted
+            one (ρ: gain ratio).
+        max_tries: trial steps per iteration before the run stops ("no_decrease").
+        patience: accepted steps without a validation improvement before stopping ("validation").
+        tol: stop ("converged") when an accepted step lowers ||f|| by less than tol·||f||.
+        rcond: singular values of A below rcond·σ_max are dropped from the step.
+        generator: randomness of the basis sketch (default: seeded with ``seed``).
+        callback: called with each iteration's history record.
+    """
+    t_start = time.perf_counter()
+    if max_iters < 0 or max_tries < 1 or patience < 1:
+        raise ValueError("max_iters must be >= 0, max_tries and patience >= 1")
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else "cpu"
+    device = _resolve_device(device)
+    net = prepare_model(model, dtype, device)
+    spec = ParamSpec.of(net)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    if points is None:
+        points = problem.sample_points(generator, dtype, device)
+    else:
+        points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
+    if validation_points is None:
+        validation_points = draw_validation_points(
+            problem, seed, dtype, device, {k: int(v.shape[0]) for k, v in points.items()})
+    else:
+        validation_points = {k: torch.as_tensor(v).to(dtype=dtype, device=device)
+                             for k, v in validation_points.items()}
+    if basis is None:
+        theta0 = spec.flatten(net)
+        out_rows = output_rows(net, torch.cat(list(points.values())), spec)
+        basis = choose_basis(out_rows, theta0, rank, subspace, oversampling, power_iterations, generator,
+                             scale_basis, "explicit", memory_budget)
+    r = basis.V.shape[1]
+    z = torch.zeros(r, dtype=dtype, device=device) if z0 is None else z0.detach().to(dtype=dtype, device=device).clone()
+    if z.shape != (r,):
+        raise ValueError(f"z0 must have shape ({r},) for a basis of rank {r}, got {tuple(z.shape)}")
+    lin = LinearizedModel(net, basis.V, z)
+    rows = residual_rows(problem, lin, points)
+    val_rows = residual_rows(problem, lin, validation_points)
+
+    def record(it: int, f_norm: float, **extra) -> dict:
+        with torch.no_grad():
+            val = _norm(val_rows.values(z, check=False))
+        rec = {"iteration": it, "residual": f_norm, "validation_residual": val, **extra}
+        if compute_errors:
+            lin.z.data.copy_(z)
+            rec.update(model_errors(problem, lin, dtype, device))
+        rec["seconds"] = time.perf_counter() - t_start
+        return rec
+
+    with torch.no_grad():
+        f = rows.values(z)
+    f_norm = _norm(f)
+    history = [record(0, f_norm, linearized_residual=None, damping=None, step_norm=0.0, gain_ratio=None,
+                      tries=0, rejected=0)]
+    if callback:
+        callback(history[-1])
+    best_z, best_val, best_it = z.clone(), history[0]["validation_residual"], 0
+    mu: float | None = None
+    stall, stop = 0, "max_iters"
+    for it in range(1, max_iters + 1):
+        with no_tf32():
+            a = z_jacobian(rows, z, spec.numel, memory_budget)
+            u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        cut = (rcond if rcond is not None else max(a.shape) * torch.finfo(dtype).eps) * float(s[0])
+        keep = s > cut
+        u, s, vh = u[:, keep], s[keep], vh[keep]
+        g = u.T @ f
+        s_max2 = float(s[0]) ** 2 if s.numel() else 1.0
+        mu = damping * s_max2 if mu is None else mu
+        nu, tries, accepted = 10.0, 0, None
+        while tries < max_tries:
+            tries += 1
+            delta = -(vh.T @ ((s / (s**2 + mu)) * g))
+            z_try = z + delta
+            f_try = _safe_values(rows, z_try)
+            lin_res = _norm(f + a @ delta)
+            if f_try is not None and _norm(f_try) < f_norm:
+                predicted = f_norm**2 - lin_res**2
+                rho = (f_norm**2 - _norm(f_try) ** 2) / predicted if predicted > 0 else 1.0
+                accepted = (z_try, f_try, lin_res, _norm(delta), rho)
+                mu = max(mu * max(1 / 3, 1 - (2 * rho - 1) ** 3), 1e-30 * s_max2)
+                break
+            mu *= nu
+            nu *= 2
+        if accepted is None:
+            history.append(record(it, f_norm, linearized_residual=None, damping=mu, step_norm=0.0,
+                                  gain_ratio=None, tries=tries, rejected=tries))
+            if callback:
+                callback(history[-1])
+            stop = "no_decrease"
+            break
+        z, f_new, lin_res, step_norm, rho = accepted
+        decrease = f_norm - _norm(f_new)
+        f, f_norm = f_new, _norm(f_new)
+        rec = record(it, f_norm, linearized_residual=lin_res, damping=mu, step_norm=step_norm, gain_ratio=rho,
+                     tries=tries, rejected=tries - 1)
+        history.append(rec)
+        if callback:
+            callback(rec)
+        if rec["validation_residual"] < best_val:
+            best_z, best_val, best_it, stall = z.clone(), rec["validation_residual"], it, 0
+        else:
+            stall += 1
+        if decrease < tol * (f_norm + decrease):
+            stop = "converged"
+            break
+        if stall >= patience:
+            stop = "validation"
+            break
+    lin.z.data.copy_(best_z)
+    diag = {
+        "n_params": spec.numel,
+        "rank": r,
+        "subspace": basis.method,
+        "iterations": len(history) - 1,
+        "best_iteration": best_it,
+        "stop_reason": stop,
+        "residual_before": history[0]["residual"],
+        "residual_after": history[best_it]["residual"],
+        "validation_residual_before": history[0]["validation_residual"],
+        "validation_residual_after": best_val,
+        "seconds": time.perf_counter() - t_start,
+    }
+    for key in ("rel_l2", "max_abs_err"):
+        if key in history[0]:
+            diag[f"{key}_before"] = history[0][key]
+            diag[f"{key}_after"] = history[best_it][key]
+    return GaussNewtonResult(lin, best_z, basis, history, best_it, stop, points, validation_points, diag)

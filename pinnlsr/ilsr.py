@@ -1,0 +1,360 @@
+"""Iterative LSR (Cao & Zhang): refine, align the network to the refined predictor, repeat.
+
+One outer iteration k:
+
+1. resample the collocation points (uniform, or residual-based adaptive: a fraction drawn in
+   proportion to the current residual magnitude from a larger uniform pool);
+2. refine around the current network: tangent-space Gauss–Newton (:mod:`pinnlsr.gauss_newton`),
+   whose first step is one-shot LSR, stopped by the residual on validation points;
+3. align the network to the refined predictor u_lin by L-BFGS on
+   ``Σ_t w_t mean|r_t(u)|² + (1/Δτ) mean|u - u_lin|²`` (the problem's own terms stay as weak terms;
+   ``dtau=None`` fits u_lin alone);
+4. keep the best state by validation residual. An outer iteration whose aligned network or
+   predictor has a non-finite or worse validation residual than the best by ``reject_factor`` is
+   rejected: the network returns to the best state.
+
+Validation points are drawn once, independently of the collocation points, so residuals of all
+iterations are comparable. Every outer iteration is recorded in ``history`` (residual, linearized
+residual, validation residual, error against the reference, rank, seconds) and, with
+``checkpoint``, saved atomically with the generator state, so an interrupted run resumes where it
+stopped and continues with the same history as an uninterrupted one (same seed).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import save_state_dict
+from .gauss_newton import draw_validation_points, tangent_gauss_newton
+from .lsr import prepare_model, _resolve_device
+from .metrics import model_errors
+from .models import LinearizedModel, ParamSpec
+from .problem import PDEProblem, Term
+from .residual import residual_rows
+from .train import train_lbfgs
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class ILSRResult:
+    """What :func:`iterative_lsr` returns: the best predictor (by validation residual), the
+    network it linearizes, the per-iteration history and the index of the best record."""
+
+    model: LinearizedModel
+    network: nn.Module
+    history: list[dict]
+    best_iteration: int
+    diagnostics: dict = field(default_factory=dict)
+
+
+class AlignmentProblem(PDEProblem):
+    """The problem's terms plus a supervised term pulling the network to the predictor's values
+    ``targets`` at ``points``: weight 1/Δτ (or the term alone when ``dtau`` is None)."""
+
+    def __init__(self, problem: PDEProblem, points: torch.Tensor, targets: torch.Tensor, dtau: float | None):
+        self.base = problem
+        self.name = f"{problem.name}_align"
+        self.input_names, self.output_names = problem.input_names, problem.output_names
+        self.align_points, self.targets, self.dtau = points, targets, dtau
+
+    def terms(self) -> list[Term]:
+        own = list(self.base.terms()) if self.dtau is not None else []
+        weight = 1.0 if self.dtau is None else 1.0 / self.dtau
+        return own + [Term("align", _difference, self.align_points, weight=weight, targets=self.targets)]
+
+
+def _difference(u, x, y):
+    return u(x) - y
+
+
+def adaptive_points(problem: PDEProblem, model: nn.Module, generator: torch.Generator, dtype, device,
+                    counts: dict[str, int] | None = None, fraction: float = 0.5, pool_factor: int = 4,
+                    power: float = 2.0) -> dict[str, torch.Tensor]:
+    """Residual-based adaptive resampling (RAD): for each sampled term, ``fraction`` of its points
+    are drawn without replacement from a uniform pool ``pool_factor`` times larger with
+    probability ∝ |r(x)|^power (r: the term's residual under ``model``), the rest uniformly."""
+    uniform = problem.sample_points(generator, dtype, device, counts)
+    if fraction <= 0:
+        return uniform
+    terms = {t.name: t for t in problem.terms()}
+    sampled = [n for n, t in terms.items() if not isinstance(t.points, torch.Tensor)]
+    n_adapt = {n: int(round(fraction * uniform[n].shape[0])) for n in sampled}
+    pool = problem.sample_points(generator, dtype, device,
+                                 {n: max(1, pool_factor * n_adapt[n]) for n in sampled if n_adapt[n] > 0})
+    rows = residual_rows(problem, model, pool)
+    theta = ParamSpec.of(model).flatten(model)
+    with torch.no_grad():
+        values = rows.block_values(theta)
+    out = {}
+    for name, pts in uniform.items():
+        k = n_adapt.get(name, 0)
+        if k == 0:
+            out[name] = pts
+            continue
+        weight = values[name].abs().pow(power).sum(1)
+        weight = weight / weight.mean() + 1e-3 if bool(torch.isfinite(weight).all()) and weight.sum() > 0 \
+            else torch.ones_like(weight)
+        idx = torch.multinomial(weight.cpu(), k, replacement=False, generator=generator)
+        out[name] = torch.cat([pts[: pts.shape[0] - k], pool[name][idx.to(pool[name].device)]])
+    return out
+
+
+def _load(path: Path) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not an Iterative LSR checkpoint of version {CHECKPOINT_VERSION}")
+    return obj
+
+
+def iterative_lsr(
+    problem: PDEProblem,
+    model: nn.Module,
+    *,
+    outer_iterations: int = 5,
+    points: dict[str, torch.Tensor] | None = None,
+    counts: dict[str, int] | None = None,
+    resample: str = "adaptive",
+    adaptive_fraction: float = 0.5,
+    validation_points: dict[str, torch.Tensor] | None = None,
+    rank: int | None = None,
+    subspace: str = "auto",
+    oversampling: int = 10,
+    power_iterations: int = 0,
+    gn_iterations: int = 10,
+    gn_patience: int = 2,
+    damping: float = 1e-20,
+    rcond: float | None = 1e-14,
+    align_iterations: int = 200,
+    dtau: float | None = 1e-3,
+    reject_factor: float = 1.0,
+    patience: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+    memory_budget: int | None = None,
+    compute_errors: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> ILSRResult:
+    """Iterative LSR of ``model`` on ``problem`` (see the module docstring).
+
+    Args:
+        outer_iterations: outer iterations in total (a resumed run continues up to this number).
+        points: collocation points of the first iteration (later ones are resampled); drawn
+            with ``seed`` when None. ``counts`` overrides the points per sampled term.
+        resample: "adaptive" (RAD with ``adaptive_fraction``), "uniform" or "none" (keep points).
+        validation_points: fixed points for every accept/reject and stopping decision (drawn
+            independently of the collocation points when None).
+        rank, subspace, oversampling, power_iterations, rcond: the LSR subspace and solve, as in
+            :func:`pinnlsr.lsr.lsr`.
+        gn_iterations, gn_patience, damping: the tangent Gauss–Newton of each outer iteration
+            (gn_iterations=1 with damping≈0 is plain one-shot LSR).
+        align_iterations, dtau: L-BFGS iterations and pseudo-time step Δτ of the alignment.
+        reject_factor: an outer iteration is rejected when its validation residual exceeds
+            reject_factor × the best one (or is not finite); the network goes back to the best state.
+        patience: stop after this many outer iterations without a new best (None: never early).
+        checkpoint: file written atomically after every outer iteration; with ``resume`` and an
+            existing file the run starts from it.
+        callback: called with each outer iteration's history record (after it is checkpointed).
+    """
+    t_start = time.perf_counter()
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else "cpu"
+    device = _resolve_device(device)
+    if resample not in ("adaptive", "uniform", "none"):
+        raise ValueError(f"resample must be 'adaptive', 'uniform' or 'none', got {resample!r}")
+    net = prepare_model(model, dtype, device)
+    spec = ParamSpec.of(net)
+    generator = torch.Generator().manual_seed(seed)
+    if points is None:
+        points = problem.sample_points(generator, dtype, device, counts)
+    else:
+        points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
+    counts = {k: int(v.shape[0]) for k, v in points.items()}
+    if validation_points is None:
+        validation_points = draw_validation_points(problem, seed, dtype, device, counts)
+    else:
+        validation_points = {k: torch.as_tensor(v).to(dtype=dtype, device=device)
+                             for k, v in validation_points.items()}
+    history: list[dict] = []
+    start_iter = 0
+    best: dict | None = None  # {"iteration", "theta", "V", "z", "validation_residual"}
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and resume and path.exists():
+        state = _load(path)
+        net.load_state_dict({k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+                             for k, v in state["model"].items()})
+        generator.set_state(state["generator"])
+        points = {k: v.to(dtype=dtype, device=device) for k, v in state["points"].items()}
+        history = list(state["history"])
+        start_iter = int(state["next_iteration"])
+        best = {k: (v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else v)
+                for k, v in state["best"].items()}
+
+    def validation_of(module: nn.Module) -> float:
+        return residual_norm(problem, module, validation_points)
+
+    if start_iter == 0 and not history:
+        # Iteration 0 records the starting network (no refinement) and is the first "best".
+        rec = {"iteration": 0, "accepted": True, "residual": residual_norm(problem, net, points),
+               "validation_residual": validation_of(net), "linearized_residual": None, "rank": None,
+               "gn_iterations": 0}
+        rec["network_validation_residual"] = rec["validation_residual"]
+        if compute_errors:
+            rec.update(model_errors(problem, net, dtype, device))
+        rec["seconds"] = time.perf_counter() - t_start
+        history.append(rec)
+        best = {"iteration": 0, "theta": spec.flatten(net).clone(), "V": None, "z": None,
+                "validation_residual": rec["validation_residual"]}
+        start_iter = 1
+        if path is not None:
+            _checkpoint(path, net, generator, points, history, best, start_iter)
+        if callback:
+            callback(rec)
+
+    # Validation residual of the current network: that of the last accepted alignment.
+    network_val = next(r["network_validation_residual"] for r in reversed(history) if r["accepted"])
+    for k in range(start_iter, outer_iterations + 1):
+        if patience is not None and _since_best(history) >= patience:
+            break
+        t_iter = time.perf_counter()
+        if k > 1 and resample != "none":
+            points = (adaptive_points(problem, net, generator, dtype, device, counts, adaptive_fraction)
+                      if resample == "adaptive" else problem.sample_points(generator, dtype, device, counts))
+        gn = tangent_gauss_newton(
+            problem, net, points=points, validation_points=validation_points, rank=rank, subspace=subspace,
+            oversampling=oversampling, power_iterations=power_iterations, max_iters=gn_iterations,
+            patience=gn_patience, damping=damping, rcond=rcond, generator=generator, dtype=dtype,
+            device=device, memory_budget=memory_budget, compute_errors=False)
+        lin = gn.model
+        pred_val = gn.diagnostics["validation_residual_after"]
+        gn_best = gn.history[gn.best_iteration]
+        # Align the network to the predictor on every collocation point.
+        x_all = torch.cat(list(points.values()))
+        with torch.no_grad():
+            targets = lin(x_all).detach()
+        aligned = copy.deepcopy(net)
+        if align_iterations > 0:
+            align_problem = AlignmentProblem(problem, x_all, targets, dtau)
+            align_points = {**(points if dtau is not None else {}), "align": x_all}
+            train_lbfgs(align_problem, aligned, align_points, align_iterations, progress=False)
+        net_val = validation_of(aligned)
+        rec = {"iteration": k, "residual": gn_best["residual"],
+               "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
+               "validation_residual": pred_val, "network_validation_residual": net_val,
+               "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason}
+        if compute_errors:
+            rec.update(model_errors(problem, lin, dtype, device))
+            rec.update({f"network_{key}": v for key, v in model_errors(problem, aligned, dtype, device).items()})
+        # The predictor may become the best state; the aligned network replaces the current one
+        # only when its validation residual is finite and not worse than reject_factor times the
+        # current network's (a diverging alignment is rejected and the network kept).
+        if math.isfinite(pred_val) and pred_val < best["validation_residual"]:
+            best = {"iteration": k, "theta": lin.theta0.clone(), "V": lin.basis.clone(),
+                    "z": lin.z.detach().clone(), "validation_residual": pred_val}
+        accepted = math.isfinite(net_val) and net_val <= reject_factor * network_val
+        rec["accepted"] = bool(accepted)
+        if accepted:
+            spec.assign(net, spec.flatten(aligned))
+            network_val = net_val
+            if net_val < best["validation_residual"]:
+                best = {"iteration": k, "theta": spec.flatten(aligned).clone(), "V": None, "z": None,
+                        "validation_residual": net_val}
+        rec["best_iteration"] = best["iteration"]
+        rec["seconds_iteration"] = time.perf_counter() - t_iter
+        elapsed = (history[-1]["seconds"] if history else 0.0) + rec["seconds_iteration"]
+        rec["seconds"] = elapsed
+        history.append(rec)
+        if path is not None:
+            _checkpoint(path, net, generator, points, history, best, k + 1)
+        if callback:
+            callback(rec)
+
+    model_out = _best_model(net, spec, best)
+    diag = {"outer_iterations": len(history) - 1, "best_iteration": best["iteration"],
+            "validation_residual": best["validation_residual"],
+            "seconds": (history[-1]["seconds"] if history else 0.0)}
+    if compute_errors:
+        diag.update(model_errors(problem, model_out, dtype, device))
+    return ILSRResult(model_out, net, history, best["iteration"], diag)
+
+
+def residual_norm(problem: PDEProblem, module: nn.Module, points) -> float:
+    """||f|| of ``module`` at ``points``; inf when the network or its residual is not finite."""
+    try:
+        rows = residual_rows(problem, module, points)
+    except FloatingPointError:
+        return math.inf
+    with torch.no_grad():
+        n = float(torch.linalg.vector_norm(rows.values(ParamSpec.of(module).flatten(module), check=False)))
+    return n if math.isfinite(n) else math.inf
+
+
+def _since_best(history: list[dict]) -> int:
+    """Outer iterations since the last new best (for the outer patience rule)."""
+    return history[-1]["iteration"] - history[-1].get("best_iteration", 0)
+
+
+def _best_model(net: nn.Module, spec: ParamSpec, best: dict) -> LinearizedModel:
+    base = copy.deepcopy(net)
+    spec.assign(base, best["theta"])
+    if best["V"] is None:  # the best state is a network: its predictor with z = 0
+        m = spec.numel
+        return LinearizedModel(base, best["theta"].new_zeros(m, 1), best["theta"].new_zeros(1))
+    return LinearizedModel(base, best["V"], best["z"])
+
+
+def _checkpoint(path: Path, net, generator, points, history, best, next_iteration) -> None:
+    save_state_dict(net, path, {
+        "version": CHECKPOINT_VERSION,
+        "generator": generator.get_state(),
+        "points": {k: v.detach().cpu() for k, v in points.items()},
+        "history": history,
+        "best": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in best.items()},
+        "next_iteration": int(next_iteration),
+    })
+
+
+def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
+                     dtype: torch.dtype, device, memory_budget: int | None) -> list[dict]:
+    """The 'gauss_newton' and 'ilsr' stages of a problem run (``--gn-iters``, ``--ilsr-outer``):
+    metrics.json rows with rel_l2, max_abs_err, residual (on the collocation points), seconds and
+    the per-iteration history."""
+    stages = []
+    keep = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
+    if args.gn_iters > 0:
+        gn = tangent_gauss_newton(problem, model, points=points, rank=args.rank, subspace=args.subspace,
+                                  oversampling=args.oversampling, power_iterations=args.power_iterations,
+                                  max_iters=args.gn_iters, rcond=args.rcond, seed=args.seed, dtype=dtype,
+                                  device=device, memory_budget=memory_budget)
+        best = gn.history[gn.best_iteration]
+        stages.append({"name": "gauss_newton", "rel_l2": best.get("rel_l2"), "max_abs_err": best.get("max_abs_err"),
+                       "residual": best["residual"], "seconds": gn.diagnostics["seconds"], "rank": gn.basis.rank,
+                       "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
+                       "history": [{k: h.get(k) for k in keep} for h in gn.history]})
+    if args.ilsr_outer > 0:
+        path = Path(args.out) / "ilsr.pt" if args.out is not None else None
+        res = iterative_lsr(problem, model, outer_iterations=args.ilsr_outer, points=points, rank=args.rank,
+                            subspace=args.subspace, oversampling=args.oversampling,
+                            power_iterations=args.power_iterations, rcond=args.rcond,
+                            align_iterations=args.align_iterations, dtau=args.dtau, seed=args.seed, dtype=dtype,
+                            device=device, memory_budget=memory_budget, checkpoint=path)
+        best = res.history[res.best_iteration]
+        stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),
+                       "max_abs_err": res.diagnostics.get("max_abs_err"), "residual": best["residual"],
+                       "seconds": res.diagnostics["seconds"], "rank": best.get("rank"),
+                       "validation_residual": res.diagnostics["validation_residual"],
+                       "best_iteration": res.best_iteration,
+                       "history": [{k: h.get(k) for k in keep + ("accepted", "network_rel_l2")} for h in res.history]})
+    return stages

@@ -1,0 +1,77 @@
+"""Allen–Cahn: u_t - 1e-4 u_xx + 5u³ - 5u = 0, periodic in x on [-1,1], t in [0,1].
+
+u(x,0) = x² cos(πx). Periodicity is exact: the network sees (cos πx, sin πx, t) (a Fourier
+embedding), so no boundary term is needed. Reference: jaxpi's ``jaxpi/allen_cahn.mat``
+(512 x 201 grid) from ``../shared/data``.
+
+    python -m problems.allen_cahn1d --out runs/allen_cahn1d
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pinnlsr import operators as op
+from pinnlsr.geometry import Interval, TimeDomain
+from pinnlsr.models import MLP
+from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.runner import main
+
+PI = math.pi
+
+
+class PeriodicMLP(nn.Module):
+    """MLP on (cos πx, sin πx, t): exactly 2-periodic in x."""
+
+    def __init__(self, widths=(64, 64, 64), generator=None, dtype=torch.float64, device="cpu"):
+        super().__init__()
+        self.mlp = MLP(3, 1, widths, "tanh", generator=generator, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = torch.stack([torch.cos(PI * x[:, 0]), torch.sin(PI * x[:, 0]), 2 * x[:, 1] - 1], dim=1)
+        return self.mlp(feats)
+
+
+class AllenCahn1D(PDEProblem):
+    name = "allen_cahn1d"
+    description = "u_t - 1e-4 u_xx + 5u³ - 5u = 0, periodic on [-1,1], u(x,0) = x² cos(πx) (jaxpi reference)."
+    input_names = ("x", "t")
+    output_names = ("u",)
+
+    def __init__(self, n_interior: int = 4000, n_initial: int = 400, widths=(64, 64, 64), ic_weight: float = 100.0):
+        self.domain = TimeDomain(Interval(-1.0, 1.0), 0.0, 1.0)
+        self.n_interior, self.n_initial, self.widths, self.ic_weight = n_interior, n_initial, tuple(widths), ic_weight
+        self._ref = None
+
+    def terms(self) -> list[Term]:
+        return [
+            Term("pde", self.pde, self.domain.sample_interior, self.n_interior),
+            Term("ic", self.ic, self.domain.sample_initial, self.n_initial, self.ic_weight),
+        ]
+
+    def pde(self, u, x):
+        uu = op.value(u, x)
+        return op.partial(u, x, 1) - 1e-4 * op.partial(u, x, 0, 0) + 5 * uu**3 - 5 * uu
+
+    def ic(self, u, x):
+        return u(x) - x[0] ** 2 * torch.cos(PI * x[0])
+
+    def reference(self):
+        if self._ref is None:
+            from pinnlsr.io import load_allen_cahn_mat
+
+            ref = load_allen_cahn_mat(variant="jaxpi")
+            self._ref = (torch.from_numpy(ref.points), torch.from_numpy(ref.values))
+        return self._ref
+
+    def default_model(self, generator=None, dtype=torch.float64, device="cpu"):
+        return PeriodicMLP(self.widths, generator=generator, dtype=dtype, device=device)
+
+
+PROBLEM = AllenCahn1D
+DEFAULTS = {"adam_steps": 5000, "lbfgs_steps": 500, "lr": 3e-3, "final_lr": 1e-4}
+
+if __name__ == "__main__":
+    raise SystemExit(main(AllenCahn1D, defaults=DEFAULTS))

@@ -1,0 +1,72 @@
+"""Kovasznay flow: steady Navier–Stokes at Re = 20 on [-0.5,1] x [-0.5,1.5], outputs (u, v, p).
+
+Exact solution (λ = Re/2 - sqrt(Re²/4 + 4π²)): u = 1 - e^{λx} cos(2πy), v = λ/(2π) e^{λx} sin(2πy),
+p = (1 - e^{2λx})/2; it gives u, v and p on the boundary and the errors on a 101 x 101 grid.
+
+    python -m problems.kovasznay --out runs/kovasznay
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pinnlsr.geometry import Box, uniform_grid
+from pinnlsr.models import MLP
+from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.runner import main
+
+from problems._navier_stokes import steady_ns
+
+RE = 20.0
+NU = 1.0 / RE
+LAM = RE / 2 - math.sqrt(RE**2 / 4 + 4 * math.pi**2)
+LOWER, UPPER = (-0.5, -0.5), (1.0, 1.5)
+
+
+def exact_columns(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    e = torch.exp(LAM * x)
+    u = 1 - e * torch.cos(2 * math.pi * y)
+    v = LAM / (2 * math.pi) * e * torch.sin(2 * math.pi * y)
+    p = 0.5 * (1 - torch.exp(2 * LAM * x))
+    return torch.stack([u, v, p], dim=-1)
+
+
+class Kovasznay(PDEProblem):
+    name = "kovasznay"
+    description = "Steady Navier–Stokes, Re = 20, Kovasznay flow on [-0.5,1]x[-0.5,1.5] (exact solution)."
+    input_names = ("x", "y")
+    output_names = ("u", "v", "p")
+
+    def __init__(self, n_interior: int = 3000, n_boundary: int = 800, widths=(50, 50, 50), bc_weight: float = 10.0):
+        self.domain = Box(LOWER, UPPER)
+        self.n_interior, self.n_boundary, self.widths, self.bc_weight = n_interior, n_boundary, tuple(widths), bc_weight
+
+    def terms(self) -> list[Term]:
+        return [
+            Term("pde", self.pde, self.domain.sample_interior, self.n_interior),
+            Term("bc", self.bc, self.domain.sample_boundary, self.n_boundary, self.bc_weight),
+        ]
+
+    def pde(self, u, x):
+        return steady_ns(u, x, NU)
+
+    def bc(self, u, x):
+        return u(x) - exact_columns(x[0], x[1])
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        return exact_columns(x[:, 0], x[:, 1])
+
+    def test_points(self) -> torch.Tensor:
+        return uniform_grid(LOWER, UPPER, 101)
+
+    def default_model(self, generator=None, dtype=torch.float64, device="cpu"):
+        return MLP(2, 3, self.widths, "tanh", input_lower=LOWER, input_upper=UPPER,
+                   generator=generator, dtype=dtype, device=device)
+
+
+PROBLEM = Kovasznay
+DEFAULTS = {"adam_steps": 5000, "lbfgs_steps": 500, "lr": 3e-3, "final_lr": 1e-4}
+
+if __name__ == "__main__":
+    raise SystemExit(main(Kovasznay, defaults=DEFAULTS))

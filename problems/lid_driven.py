@@ -1,0 +1,70 @@
+"""Lid-driven cavity (PINNacle NS2d-C): steady Navier–Stokes, ν = 1/100, on [0,1]².
+
+Top lid u = 4x(1-x), v = 0; u = v = 0 on the other walls; p(0,0) = 0. Reference: the COMSOL
+solution ``pinnacle/lid_driven_a4.dat`` (10,201 nodes, itself approximate) from ``../shared/data``.
+
+    python -m problems.lid_driven --out runs/lid_driven
+"""
+from __future__ import annotations
+
+import torch
+
+from pinnlsr.geometry import Box
+from pinnlsr.models import MLP
+from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.runner import main
+
+from problems._navier_stokes import steady_ns
+
+NU = 1.0 / 100
+
+
+class LidDriven(PDEProblem):
+    name = "lid_driven"
+    description = "PINNacle NS2d-C: steady Navier–Stokes, ν = 1/100, lid u = 4x(1-x) on [0,1]² (COMSOL reference)."
+    input_names = ("x", "y")
+    output_names = ("u", "v", "p")
+
+    def __init__(self, n_interior: int = 3000, n_boundary: int = 800, widths=(50, 50, 50), bc_weight: float = 10.0):
+        self.domain = Box((0.0, 0.0), (1.0, 1.0))
+        self.n_interior, self.n_boundary, self.widths, self.bc_weight = n_interior, n_boundary, tuple(widths), bc_weight
+        self._ref = None
+
+    def terms(self) -> list[Term]:
+        origin = torch.zeros(1, 2, dtype=torch.float64)
+        return [
+            Term("pde", self.pde, self.domain.sample_interior, self.n_interior),
+            Term("bc", self.bc, self.domain.sample_boundary, self.n_boundary, self.bc_weight),
+            Term("p0", self.pressure_gauge, origin, weight=self.bc_weight),
+        ]
+
+    def pde(self, u, x):
+        return steady_ns(u, x, NU)
+
+    def bc(self, u, x):
+        out = u(x)
+        lid = torch.where(x[1] > 1 - 1e-9, 4 * x[0] * (1 - x[0]), torch.zeros_like(x[0]))
+        return torch.stack([out[0] - lid, out[1]])
+
+    def pressure_gauge(self, u, x):
+        return u(x)[2]
+
+    def reference(self):
+        if self._ref is None:
+            from pinnlsr.io import data_file, load_dat
+
+            ref = load_dat(data_file("pinnacle/lid_driven_a4.dat"), input_names=("x", "y"),
+                           output_names=("u", "v", "p"))
+            self._ref = (torch.from_numpy(ref.points), torch.from_numpy(ref.values))
+        return self._ref
+
+    def default_model(self, generator=None, dtype=torch.float64, device="cpu"):
+        return MLP(2, 3, self.widths, "tanh", input_lower=(0, 0), input_upper=(1, 1),
+                   generator=generator, dtype=dtype, device=device)
+
+
+PROBLEM = LidDriven
+DEFAULTS = {"adam_steps": 5000, "lbfgs_steps": 500, "lr": 3e-3, "final_lr": 1e-4}
+
+if __name__ == "__main__":
+    raise SystemExit(main(LidDriven, defaults=DEFAULTS))

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+import pinnlsr.ilsr as ilsr_module
+from pinnlsr.ilsr import iterative_lsr
+from pinnlsr.models import ParamSpec
+from problems.burgers1d import Burgers1D
+
+SETTINGS = dict(gn_iterations=2, gn_patience=1, align_iterations=2, dtau=None, compute_errors=False, seed=3)
+
+
+def tiny_burgers():
+    problem = Burgers1D(n_interior=48, n_boundary=12, n_initial=12, widths=(6, 6))
+    return problem, problem.default_model(torch.Generator().manual_seed(0))
+
+
+def _strip(history):
+    return [{k: v for k, v in rec.items() if not k.startswith("seconds")} for rec in history]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_run_continues_with_the_same_history(tmp_path):
+    problem, model = tiny_burgers()
+    full = iterative_lsr(problem, model, outer_iterations=2, checkpoint=tmp_path / "full.pt", **SETTINGS)
+    assert [r["iteration"] for r in full.history] == [0, 1, 2]
+
+    def stop_after_first(rec):
+        if rec["iteration"] == 1:
+            raise Interrupt
+
+    path = tmp_path / "cut.pt"
+    with pytest.raises(Interrupt):
+        iterative_lsr(problem, model, outer_iterations=2, checkpoint=path, callback=stop_after_first, **SETTINGS)
+    resumed = iterative_lsr(problem, model, outer_iterations=2, checkpoint=path, **SETTINGS)
+    assert _strip(resumed.history) == _strip(full.history)
+    assert resumed.best_iteration == full.best_iteration
+    x = torch.rand(20, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(resumed.model(x), full.model(x))
+
+
+def test_a_diverging_alignment_is_rejected_and_the_best_state_kept(monkeypatch):
+    problem, model = tiny_burgers()
+    start = ParamSpec.of(model).flatten(model)
+
+    def diverging_fit(problem, model, points, iterations, **kwargs):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+
+    monkeypatch.setattr(ilsr_module, "train_lbfgs", diverging_fit)
+    res = iterative_lsr(problem, model, outer_iterations=2, **SETTINGS)
+    assert [r["accepted"] for r in res.history] == [True, False, False]
+    # the network never took the diverged parameters ...
+    assert torch.equal(ParamSpec.of(res.network).flatten(res.network), start)
+    # ... and the result is the state with the lowest validation residual, which is finite
+    vals = [r["validation_residual"] for r in res.history]
+    assert res.diagnostics["validation_residual"] == min(vals)
+    assert math.isfinite(res.diagnostics["validation_residual"])
+    assert res.best_iteration == vals.index(min(vals))
+
+
+def test_alignment_loss_keeps_the_pde_as_a_weak_term():
+    from pinnlsr.ilsr import AlignmentProblem
+    from pinnlsr.residual import residual_rows
+
+    problem, model = tiny_burgers()
+    points = problem.sample_points(torch.Generator().manual_seed(5))
+    x = torch.cat(list(points.values()))
+    targets = torch.zeros(x.shape[0], 1, dtype=torch.float64)
+    theta = ParamSpec.of(model).flatten(model)
+    pde_loss = float(residual_rows(problem, model, points).values(theta).square().sum())
+    with torch.no_grad():
+        fit = float(model(x).square().mean())
+    weak = AlignmentProblem(problem, x, targets, dtau=0.1)
+    loss = float(residual_rows(weak, model, {**points, "align": x}).values(theta).square().sum())
+    assert loss == pytest.approx(pde_loss + fit / 0.1, rel=1e-12)
+    pure = AlignmentProblem(problem, x, targets, dtau=None)
+    assert [t.name for t in pure.terms()] == ["align"]
