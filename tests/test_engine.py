@@ -70,7 +70,8 @@ def test_output_rows_two_outputs(activation):
 
 
 class Shifted(PDEProblem):
-    """A periodic-style term that evaluates u at another point, plus a data term with targets."""
+    """Terms that evaluate u at other points (periodic: a fixed shift; mirror: a reflection, not a
+    fixed shift), one that needs a third derivative, plus a data term with targets."""
 
     name = "shifted"
     input_names = ("x", "t")
@@ -79,15 +80,18 @@ class Shifted(PDEProblem):
         pts = torch.rand(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
         return [Term("pde", lambda u, x: op.partial(u, x, 1) + op.value(u, x) * op.partial(u, x, 0), pts),
                 Term("periodic", self.periodic, pts[:4]),
+                Term("mirror", lambda u, x: op.value(u, x) - op.value(u, -x), pts[1:5]),
+                Term("third", lambda u, x: op.partial(u, x, 0, 0, 0) + op.value(u, x), pts[:3]),
                 Term("data", lambda u, x, y: u(x) - y, pts[:5], weight=2.0, targets=pts[:5, :1] ** 2)]
 
     @staticmethod
     def periodic(u, x):
         right = x + torch.tensor([1.0, 0.0], dtype=x.dtype)
-        return torch.stack([op.value(u, x) - op.value(u, right), op.partial(u, x, 0) - op.partial(u, right, 0)])
+        return torch.stack([op.value(u, x) - op.value(u, right), op.partial(u, x, 0, 0) - op.partial(u, right, 0),
+                            op.gradient(u, right)[1] * op.value(u, x)])
 
 
-def test_generic_fallback_and_data_terms():
+def test_shifted_points_jets_generic_fallback_and_data_terms():
     problem = Shifted()
     model = scaled_mlp(seed=4)
     points = problem.sample_points(torch.Generator().manual_seed(0))
@@ -95,11 +99,33 @@ def test_generic_fallback_and_data_terms():
     theta = ParamSpec.of(model).flatten(model)
     eng = engine.StructuredJacobian(rows, theta)
     assert eng.plans["pde"].kind == "jet" and eng.plans["pde"].order == 1
-    assert eng.plans["periodic"].kind == "generic"
+    assert eng.plans["pde"].offsets is None
+    periodic = eng.plans["periodic"]
+    assert periodic.kind == "jet" and periodic.order == 2 and periodic.n_anchors == 2
+    assert periodic.offsets.tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    assert eng.plans["mirror"].kind == "generic" and "shifts" in eng.plans["mirror"].reason
+    assert eng.plans["third"].kind == "generic" and "order-2" in eng.plans["third"].reason
     assert eng.plans["data"].kind == "jet" and eng.plans["data"].with_data
     dense = jac.jacobian(rows, theta)  # vmap(jacrev) rows, checked against oracles in test_jacobian
     got = torch.cat([g for _, g in engine.iter_rows(rows, theta, engine=eng)])
     assert (got - dense).abs().max() <= TOL
+    # rows and values of each block at every point, in chunks of 2 points
+    f0 = rows.values(theta)
+    for block, start, pts, data in rows.chunks(2):
+        g, vals = eng.block_rows_and_values(block, theta, pts, data, values=True)
+        sl = slice(start, start + g.shape[0])
+        assert (g - dense[sl]).abs().max() <= TOL
+        assert (vals - f0[sl]).abs().max() <= TOL
+
+
+def test_shifts_must_be_the_same_at_every_point():
+    def piecewise(u, x):  # shift depends on the point: not one fixed set of anchors
+        s = 0.5 if float(x[0]) < 0.5 else -0.5
+        return op.value(u, x) - op.value(u, x + torch.tensor([s, 0.0], dtype=x.dtype))
+
+    x = torch.tensor([[0.1, 0.2], [0.9, 0.3]], dtype=torch.float64)
+    assert engine.evaluation_offsets(piecewise, False, x, x[:, :0], 1) is None
+    assert engine.evaluation_offsets(piecewise, False, x[:1], x[:1, :0], 1).tolist() == [[0.0, 0.0], [0.5, 0.0]]
 
 
 def test_budget_below_one_point_falls_back_with_warning(setup):
@@ -154,3 +180,58 @@ def test_lsr_step_matches_dense_oracle(setup, per_chunk):
     # J V is orthonormal (scaled basis)
     jv = j @ res.V
     assert (jv.T @ jv - torch.eye(rank, dtype=torch.float64)).abs().max() <= 1e-8
+
+
+def test_sin_network_second_order_rows_match_dense_oracle():
+    """The written-out reverse pass of the jets for sin (σ''' = -cos) and order-2 residuals."""
+    problem = TinyPoisson()
+    model = scaled_mlp(seed=2, activation="sin")
+    points = problem.sample_points(torch.Generator().manual_seed(4))
+    rows = residual_rows(problem, model, points)
+    theta = ParamSpec.of(model).flatten(model)
+    f0, g = dense_residual_jacobian(problem, model, points)
+    eng = engine.StructuredJacobian(rows, theta)
+    assert eng.plans["pde"].kind == "jet" and eng.plans["pde"].order == 2
+    got, vals = zip(*[(gg, v) for _, gg, v in engine.iter_rows_and_values(rows, theta, budget_for(rows, 3), engine=eng,
+                                                                          values=True)])
+    assert (torch.cat(got) - g).abs().max() <= TOL
+    assert (torch.cat(vals) - f0).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("cond", [1e2, 1e10])
+def test_cholesky_qr_matches_householder(cond):
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(400, 30, generator=gen, dtype=torch.float64))
+    w, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
+    a = u * torch.logspace(0, -math.log10(cond), 30, dtype=torch.float64) @ w.T
+    q, r = engine.cholesky_qr(a)
+    assert (q.T @ q - torch.eye(30, dtype=torch.float64)).abs().max() <= 1e-13
+    assert (q @ r - a).abs().max() <= 1e-14
+    r_ref = torch.linalg.qr(a, mode="r")[1]  # the same R up to the sign of each row
+    assert (r.abs() - r_ref.abs()).abs().max() <= 1e-13
+    assert (engine.fast_r_factor(a, force=True) - r).abs().max() == 0
+    q_forced = engine.orthonormalize(a, force=True)
+    assert (q_forced @ (q_forced.T @ a) - a).abs().max() <= 1e-14
+    # rank-deficient: still an orthonormal Q with QR = a (as Householder QR gives); a zero
+    # column: None, and the callers use Householder QR
+    q2, r2 = engine.cholesky_qr(torch.cat([a, a[:, :1]], 1))
+    assert (q2.T @ q2 - torch.eye(31, dtype=torch.float64)).abs().max() <= 1e-13
+    assert (q2 @ r2 - torch.cat([a, a[:, :1]], 1)).abs().max() <= 1e-14
+    zero = torch.cat([a, torch.zeros(400, 1, dtype=torch.float64)], 1)
+    assert engine.cholesky_qr(zero) is None
+    assert (engine.fast_r_factor(zero, force=True) - torch.linalg.qr(zero, mode="r")[1]).abs().max() == 0
+
+
+def test_lsr_step_reuses_engines_and_names_nan_terms(setup):
+    problem, model, points, rows, theta, f0, g = setup
+    out = output_rows(model, torch.cat(list(points.values())))
+    omega = torch.randn(out.n_rows, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    first = engine.lsr_step(rows, out, theta, 5, omega=omega)
+    again = engine.lsr_step(rows, out, theta, 5, omega=omega, engines=first.engines)
+    assert (again.z - first.z).abs().max() == 0 and again.seconds["setup"] < first.seconds["setup"]
+    with pytest.raises(ValueError, match="other Rows"):
+        engine.lsr_step(rows, out, theta, 5, omega=omega, engines=first.engines[::-1])
+    bad = theta.clone()
+    bad[-1] = float("nan")  # the output bias: NaN values of u, not of its derivatives (-Δu is finite)
+    with pytest.raises(FloatingPointError, match="'bc'"):
+        engine.lsr_step(rows, out, bad, 5, omega=omega, engines=first.engines)
