@@ -1,4 +1,4 @@
-"""The ``pinnlsr`` command: list problems, run one, rebuild a run's report.
+"""The ``pinnlsr`` command: list problems, run one, compare methods on one, rebuild a run's report.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad input (unknown problem, bad option, unusable
 file), 3 a run whose refined result is not finite. Interrupted runs (Ctrl-C) exit with 130.
@@ -9,6 +9,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 from types import ModuleType
 
 
@@ -49,6 +50,28 @@ def _run(args, rest: list[str]) -> int:
     return run_main(module.PROBLEM, rest, getattr(module, "DEFAULTS", None), prog=f"pinnlsr run {args.name}")
 
 
+def _compare(args) -> int:
+    from .compare import FULL, QUICK, compare_methods, plot, table
+    from .io import atomic_write_json, atomic_write_text
+
+    modules = problem_modules()
+    if args.name not in modules:
+        print(f"error: unknown problem {args.name!r}; `pinnlsr list` shows the problems", file=sys.stderr)
+        return 2
+    problem = modules[args.name].PROBLEM()
+    result = compare_methods(problem, QUICK if args.quick else FULL, args.seed)
+    text = table([result])
+    print(text)
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "compare.json", result)
+        atomic_write_text(out / "compare.md", text)
+        plot(result, out / "compare.png")
+        print(f"wrote {out / 'compare.md'}")
+    return 0
+
+
 def _report(args) -> int:
     from .report import rebuild_report
 
@@ -72,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="pretrain and refine one problem; `pinnlsr run NAME --help` lists its options",
                          add_help=False)
     run.add_argument("name", help="problem name (see `pinnlsr list`)")
+    compare = sub.add_parser("compare", help="Adam, Adam+L-BFGS, LSR and Iterative LSR side by side on one problem")
+    compare.add_argument("name", help="problem name (see `pinnlsr list`)")
+    compare.add_argument("--out", default=None, help="folder for compare.json, compare.md and compare.png")
+    compare.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
+    compare.add_argument("--quick", action="store_true", help="smoke-sized run (few steps, 3%% of the points)")
     report = sub.add_parser("report", help="rebuild figures and summary.md of a run folder from its files")
     report.add_argument("run_dir", help="folder written by a run with --out")
     return parser
@@ -88,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "compare":
+            return _compare(args)
         return _report(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -117,6 +117,7 @@ def lsr(
     jacobian_mode: str = "explicit",
     memory_budget: int | None = None,
     compute_errors: bool = True,
+    least_squares: str = "dense",
 ) -> LSRResult:
     """One-shot LSR of ``model`` (any ``nn.Module`` mapping (N, d) to (N, k)) on ``problem``.
 
@@ -134,6 +135,8 @@ def lsr(
             the caller's model is untouched). device defaults to the model's.
         jacobian_mode: "explicit" (chunked per-point Jacobian rows) or "matrix_free" (jvp/vjp).
         memory_budget: bytes for Jacobian chunks (default: from free memory).
+        least_squares: "dense" (form G V, then solve) or "streaming" (TSQR over row batches of
+            G V sized by ``memory_budget``, :mod:`pinnlsr.streaming`; same z, for large n).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -174,11 +177,20 @@ def lsr(
     timings["basis"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    a = jac.apply(rows, theta0, basis.V, jacobian_mode, memory_budget)  # G V, (n, r)
-    timings["jacobian"] = time.perf_counter() - t
+    if least_squares == "streaming":
+        from .streaming import tsqr
 
-    t = time.perf_counter()
-    sol = solve(a, -f0, solver, rcond if solver == "svd" else None, tikhonov)
+        factor = tsqr(rows, theta0, basis.V, memory_budget, jacobian_mode)  # streams G V in row batches
+        timings["jacobian"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sol = factor.solve(solver, rcond, tikhonov)
+    elif least_squares == "dense":
+        a = jac.apply(rows, theta0, basis.V, jacobian_mode, memory_budget)  # G V, (n, r)
+        timings["jacobian"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sol = solve(a, -f0, solver, rcond if solver == "svd" else None, tikhonov)
+    else:
+        raise ValueError(f"unknown least_squares {least_squares!r}: use 'dense' or 'streaming'")
     timings["solve"] = time.perf_counter() - t
 
     t = time.perf_counter()

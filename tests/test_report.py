@@ -90,3 +90,15 @@ def test_space_time_fields_go_to_an_xdmf_time_series(tmp_path):
     space, times, fields = read_xdmf_timeseries(path)
     assert np.allclose(times, t) and space.shape[0] == 7
     assert np.allclose(fields["u_lsr_abs_error"], 1e-3)
+
+
+def test_cli_compare_quick(tmp_path):
+    out = tmp_path / "cmp"
+    assert cli_main(["compare", "poisson2d", "--quick", "--out", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long"} <= set(result["methods"])
+    # on this linear problem, one-shot LSR beats Adam from the same start
+    assert result["methods"]["lsr"]["rel_l2"] < result["methods"]["adam"]["rel_l2"]
+    img = imread(out / "compare.png")
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
+    assert "| poisson2d |" in (out / "compare.md").read_text()
