@@ -11,12 +11,13 @@ import importlib.util
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from .io import readable_temp_file
 
 
 def save_state_dict(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -26,8 +27,7 @@ def save_state_dict(model: nn.Module, path: str | os.PathLike, extra: dict | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     payload.update(extra or {})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(readable_temp_file(path.parent, f".{path.name}.", ".tmp"))
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)

@@ -1106,10 +1106,19 @@ def interpolate(ref: ReferenceData, points: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # atomic writers
 # --------------------------------------------------------------------------------------
-def _tmp_path(dest: pathlib.Path, suffix: str) -> pathlib.Path:
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+def readable_temp_file(folder, prefix: str, suffix: str) -> pathlib.Path:
+    """A new empty temporary file in ``folder`` with the permissions of an ordinary new file
+    (0666 minus the umask; ``mkstemp`` alone makes it 0600), for write-then-rename."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return pathlib.Path(name)
+
+
+def _tmp_path(dest: pathlib.Path, suffix: str) -> pathlib.Path:
+    return readable_temp_file(dest.parent, f".{dest.name}.", suffix)
 
 
 def _unlink_quiet(p: pathlib.Path) -> None:

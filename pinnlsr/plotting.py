@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,6 +29,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.tri import Triangulation
+
+from .io import readable_temp_file
 
 __all__ = [
     "plot_curves_1d",
@@ -126,9 +127,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix[1:].lower()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem + ".",
-                               suffix=path.suffix)
-    os.close(fd)
+    tmp = str(readable_temp_file(path.parent, "." + path.stem + ".", path.suffix))
     try:
         fig.savefig(tmp, format=fmt)
         os.replace(tmp, path)

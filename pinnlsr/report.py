@@ -24,12 +24,11 @@ import io as _io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, readable_temp_file
 
 HISTORY_COLUMNS = ("method", "iteration", "seconds", "loss", "residual", "rel_l2")
 REQUIRED = ("metrics.json", "config.json")
@@ -86,8 +85,7 @@ def read_history_csv(path: Path) -> dict[str, dict[str, list]]:
 def write_predictions(path: Path, points: np.ndarray, reference: np.ndarray, predictions: dict[str, np.ndarray]) -> Path:
     """predictions.npz: points (N, d), reference (N, k) and ``pred_<stage>`` (N, k), atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
+    tmp = str(readable_temp_file(path.parent, f".{path.name}.", ".npz"))
     try:
         np.savez(tmp, points=points, reference=reference,
                  **{f"pred_{name}": np.asarray(v) for name, v in predictions.items()})

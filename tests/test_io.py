@@ -503,3 +503,15 @@ def test_xdmf_write_failure_keeps_original(tmp_path, monkeypatch):
     assert calls
     assert (p.read_bytes(), p.with_suffix(".h5").read_bytes()) == before
     assert sorted(os.listdir(tmp_path)) == ["s.h5", "s.xdmf"]
+
+
+def test_atomic_writes_make_ordinarily_readable_files(tmp_path):
+    import os
+    import stat
+
+    from pinnlsr.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "m.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
