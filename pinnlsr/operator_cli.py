@@ -1,0 +1,195 @@
+"""Command-line pipeline of the operator problems (``python -m problems.deeponet_*``).
+
+Pretrain a physics-informed DeepONet (or load ``--checkpoint``), evaluate it on ``--n-test`` fresh
+input functions, choose the LSR rank by a scan on a few other functions (unless ``--rank``), refine
+every test function by LSR, print the table and, with ``--out DIR``, write ``metrics.json`` (stages
+``pretrained`` and ``lsr`` with rel_l2_mean, rel_l2_std, n_instances, seconds_per_instance),
+``model.pt`` and figures.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .io import atomic_write_json
+from .metrics import predict
+from .operator_learning import (OperatorProblem, predict_operator, rank_scan, refine_instances,
+                                relative_errors, summarize, train_pideeponet)
+
+
+def build_parser(problem: OperatorProblem, defaults: dict, prog: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog or f"python -m problems.{problem.name}",
+        description=f"{problem.name}: {problem.description}",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, functions, points and sketches")
+    p.add_argument("--out", type=Path, default=None, help="output folder for metrics.json, model.pt, figures")
+    p.add_argument("--checkpoint", type=Path, default=None, help="load this DeepONet state_dict instead of pretraining")
+    p.add_argument("--widths", type=int, nargs="+", default=list(defaults["widths"]), help="hidden widths of branch and trunk")
+    p.add_argument("--latent", type=int, default=defaults["latent"], help="latent size p of the dot-product head")
+    p.add_argument("--n-train", type=int, default=defaults["n_train"], help="training input functions")
+    p.add_argument("--steps", type=int, default=defaults["steps"], help="Adam steps of physics-informed pretraining")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="input functions per Adam step")
+    p.add_argument("--lr", type=float, default=defaults["lr"], help="initial learning rate")
+    p.add_argument("--final-lr", type=float, default=defaults["final_lr"], help="final learning rate (exponential decay)")
+    p.add_argument("--n-test", type=int, default=defaults.get("n_test", 100), help="test input functions refined by LSR")
+    p.add_argument("--rank", type=int, default=None, help="LSR rank (default: chosen by a rank scan)")
+    p.add_argument("--scan-ranks", type=int, nargs="+", default=list(problem.scan_ranks), help="ranks of the scan")
+    p.add_argument("--scan-instances", type=int, default=3, help="input functions of the rank scan")
+    p.add_argument("--lsr-points", nargs="*", default=[], metavar="TERM=N",
+                   help="LSR points per term (defaults: " + ", ".join(f"{t.name}={t.n_lsr}" for t in problem.terms()) + ")")
+    p.add_argument("--power-iterations", type=int, default=0, help="power iterations of the randomized range finder")
+    p.add_argument("--verbose", action="store_true", help="print every instance")
+    p.add_argument("--no-plot", action="store_true", help="skip figures")
+    return p
+
+
+def _counts(items: list[str], problem: OperatorProblem) -> dict[str, int]:
+    names = [t.name for t in problem.terms()]
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in names or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--lsr-points expects TERM=N with TERM in {names} and N >= 1, got {item!r}")
+        out[name] = int(value)
+    return out
+
+
+def run(problem: OperatorProblem, args) -> dict:
+    torch.manual_seed(args.seed)
+    counts = _counts(args.lsr_points, problem)
+    net = problem.default_deeponet(torch.Generator().manual_seed(args.seed), widths=tuple(args.widths),
+                                   latent=args.latent)
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"{problem.name}: DeepONet branch/trunk {list(args.widths)}, latent {args.latent}, {n_params} parameters")
+    stages = []
+    if args.checkpoint is not None:
+        ckpt.load_into(net, args.checkpoint)
+        print(f"loaded {args.checkpoint}")
+        train_seconds = 0.0
+    else:
+        train_fns = problem.sample_functions(args.n_train, torch.Generator().manual_seed(args.seed + 1))
+        print(f"pretraining: {args.steps} Adam steps, {args.batch_size} of {args.n_train} functions per step")
+        hist = train_pideeponet(problem, net, train_fns, args.steps, args.batch_size, args.lr, args.final_lr,
+                                torch.Generator().manual_seed(args.seed + 2), log_every=max(1, args.steps // 10))
+        train_seconds = hist.seconds
+        if args.out:
+            ckpt.save_state_dict(net, Path(args.out) / "model.pt")
+    test = problem.sample_functions(args.n_test, torch.Generator().manual_seed(args.seed + 3))
+    t = time.perf_counter()
+    refs = problem.references(test)
+    ref_seconds = (time.perf_counter() - t) / len(test)
+    sensors = problem.check_sensors(problem.sensors(test))
+    points = problem.test_points()
+    t = time.perf_counter()
+    pred0 = predict_operator(net, sensors, points)
+    eval_seconds = (time.perf_counter() - t) / len(test)
+    err0 = relative_errors(pred0, refs).numpy()
+    m0, s0 = summarize(err0)
+    stages.append({"name": "pretrained", "rel_l2": m0, "rel_l2_mean": m0, "rel_l2_std": s0,
+                   "n_instances": len(test), "seconds": train_seconds, "seconds_per_instance": eval_seconds})
+    print(f"pretrained: rel L2 {m0:.3e} ± {s0:.2e} over {len(test)} test functions "
+          f"(reference solver {ref_seconds:.3f}s per function)")
+
+    scan = None
+    rank = args.rank
+    if rank is None:
+        scan_fns = problem.sample_functions(args.scan_instances, torch.Generator().manual_seed(args.seed + 4))
+        rank, scan = rank_scan(problem, net, scan_fns, args.scan_ranks, args.seed, counts=counts,
+                               power_iterations=args.power_iterations)
+    print(f"LSR: rank {rank}, randomized subspace, {len(test)} instances")
+    out = refine_instances(problem, net, test, refs, rank, args.seed, counts, keep_models=3,
+                           printer=print if args.verbose else None, power_iterations=args.power_iterations)
+    inst = out["instances"]
+    err1 = np.array([r["rel_l2_after"] for r in inst])
+    m1, s1 = summarize(err1)
+    secs = [r["seconds"] for r in inst]
+    stages.append({"name": "lsr", "rank": rank, "rel_l2": m1, "rel_l2_mean": m1, "rel_l2_std": s1,
+                   "n_instances": len(test), "seconds": float(np.sum(secs)),
+                   "seconds_per_instance": float(np.mean(secs)),
+                   "residual_before_mean": float(np.mean([r["residual_before"] for r in inst])),
+                   "residual_after_mean": float(np.mean([r["residual_after"] for r in inst])),
+                   "linearized_residual_mean": float(np.mean([r["linearized_residual"] for r in inst])),
+                   "peak_memory_gb": float(max(r["peak_memory_gb"] for r in inst)),
+                   "reduction_of_mean": m0 / m1,
+                   "reduction_median": float(np.median(err0 / err1))})
+    print()
+    print(f"{'stage':<12}{'rel L2 mean':>14}{'± std':>11}{'median':>11}{'s/instance':>12}")
+    print(f"{'pretrained':<12}{m0:>14.3e}{s0:>11.2e}{np.median(err0):>11.2e}{eval_seconds:>12.4f}")
+    print(f"{'lsr r=' + str(rank):<12}{m1:>14.3e}{s1:>11.2e}{np.median(err1):>11.2e}{np.mean(secs):>12.3f}")
+    print(f"reduction: mean {m0 / m1:.1f}x, median per instance {np.median(err0 / err1):.1f}x; "
+          f"peak memory {stages[-1]['peak_memory_gb']:.2f} GB")
+    metrics = {"problem": problem.name, "seed": args.seed, "device": "cpu", "dtype": "float64",
+               "n_params": n_params, "sizes": {"widths": list(args.widths), "latent": args.latent,
+                                               "n_train": args.n_train, "steps": args.steps,
+                                               "batch_size": args.batch_size, "n_sensors": problem.n_sensors,
+                                               "lsr_points": {t.name: counts.get(t.name, t.n_lsr) for t in problem.terms()},
+                                               "test_points": int(points.shape[0])},
+               "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+               "stages": stages, "rank_scan": scan,
+               "per_instance": {"rel_l2_before": err0.tolist(), "rel_l2_after": err1.tolist()}}
+    if args.out:
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not args.no_plot:
+            try:
+                metrics["figures"] = plot_instances(problem, test, sensors, refs, net, out["models"], err0, err1, out_dir)
+            except Exception as exc:  # figures never cost the numbers
+                print(f"warning: figures not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        print(f"wrote {out_dir / 'metrics.json'}")
+    return metrics
+
+
+def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: Path) -> list[str]:
+    """Prediction / reference / error before and after LSR for the first instances, and the
+    per-instance error scatter."""
+    from . import plotting
+
+    files = [plotting.plot_error_per_instance(err0, err1, out / "error_per_instance.png",
+                                              title=f"{problem.name}: rel. L2 per instance",
+                                              xlabel="pretrained", ylabel="after LSR").name]
+    points = problem.test_points()
+    axes = problem.test_axes()
+    pred0 = predict_operator(net, sensors[:len(models)], points)
+    for i, model in enumerate(models):
+        before = pred0[i].numpy()
+        after = predict(model, points)[:, 0].numpy()
+        ref = refs[i].numpy()
+        if len(axes) == 1:
+            x = axes[0]
+            files.append(plotting.plot_curves_1d(x, {"reference": ref, "pretrained": before, "LSR": after},
+                                                 out / f"instance_{i}.png", title=f"instance {i}").name)
+            files.append(plotting.plot_curves_1d(x, {"pretrained": np.abs(before - ref), "LSR": np.abs(after - ref)},
+                                                 out / f"instance_{i}_error.png", ylabel="|error|", logy=True,
+                                                 title=f"instance {i}: |error|").name)
+        else:
+            x, t = axes
+            shape = (len(t), len(x))
+            for tag, pred in (("pretrained", before), ("lsr", after)):
+                files.append(plotting.plot_spacetime_comparison(
+                    x, t, pred.reshape(shape), ref.reshape(shape), out / f"instance_{i}_{tag}.png",
+                    titles=(f"{tag} prediction", "reference", "|error|"), suptitle=f"{problem.name} instance {i}",
+                    log_error=True).name)
+    return files
+
+
+def run_operator_cli(problem_factory: Callable[[], OperatorProblem], argv=None, prog=None,
+                     defaults: dict | None = None) -> int:
+    """Entry point of an operator problem module; exit code 0 on success, 2 on bad input."""
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    problem = problem_factory()
+    args = build_parser(problem, defaults or {}, prog).parse_args(argv)
+    try:
+        run(problem, args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
