@@ -99,8 +99,9 @@ def _residual_norm(problem: PDEProblem, model, points) -> float:
     return float(rows.values(ParamSpec.of(model).flatten(model)).norm())
 
 
-def print_table(stages: list[dict], file=sys.stdout) -> None:
+def print_table(stages: list[dict], file=None) -> None:
     """The stage table: name, relative L2, max error, residual, seconds."""
+    file = sys.stdout if file is None else file  # resolved per call: sys.stdout can be replaced
     fmt = lambda v: "—" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))
     print(f"{'stage':<12}{'rel_l2':>12}{'max_err':>12}{'residual':>12}{'seconds':>10}", file=file)
     for s in stages:

@@ -253,7 +253,8 @@ def run_noise(args, noise: float) -> tuple[list[dict], dict]:
     return stages, summary
 
 
-def print_summary(rows: list[dict], file=sys.stdout) -> None:
+def print_summary(rows: list[dict], file=None) -> None:
+    file = sys.stdout if file is None else file  # resolved per call: sys.stdout can be replaced
     print(f"{'noise':>6}{'rank':>7}{'a before':>11}{'a after':>11}{'a ratio':>9}{'u before':>11}{'u after':>11}",
           file=file)
     for r in rows:
