@@ -208,16 +208,27 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
     print(f"wrote {out / 'metrics.json'}")
 
 
+#: errors that mean bad input (a file, an option, a model that does not fit): exit code 2
+INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TypeError)
+
+
+def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
+    """Call ``run_fn(*args)``; bad input becomes a one-line message on stderr and exit code 2."""
+    try:
+        return 0, run_fn(*args)
+    except INPUT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2, None
+
+
 def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,
          defaults: dict | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m problems.NAME``: parse, run, exit code 0 on success."""
     problem = problem_factory()
     args = build_parser(problem, defaults, prog).parse_args(argv)
-    try:
-        metrics = run(problem, args)
-    except (ValueError, FileNotFoundError, FloatingPointError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    code, metrics = run_guarded(run, problem, args)
+    if code:
+        return code
     last = metrics["stages"][-1]
     if last.get("residual") is not None and not math.isfinite(last["residual"]):
         print("error: the refined residual is not finite", file=sys.stderr)

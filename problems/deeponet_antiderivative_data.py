@@ -32,7 +32,7 @@ from pinnlsr.metrics import predict
 from pinnlsr.models import ParamSpec
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan
-from pinnlsr.runner import DTYPES
+from pinnlsr.runner import DTYPES, run_guarded
 
 N_SENSORS = 100
 
@@ -244,13 +244,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_cli(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(run, build_parser(prog).parse_args(argv))[0]
 
 
 PROBLEM = DeepONetAntiderivativeData

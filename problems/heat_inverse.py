@@ -39,7 +39,7 @@ from pinnlsr.residual import residual_rows
 from pinnlsr.solvers import solve
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
-from pinnlsr.runner import DTYPES, _residual_norm, _stage
+from pinnlsr.runner import DTYPES, _residual_norm, _stage, run_guarded
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -284,13 +284,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_cli(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(run, build_parser(prog).parse_args(argv))[0]
 
 
 PROBLEM = HeatInverse
