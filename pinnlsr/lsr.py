@@ -223,6 +223,13 @@ def lsr(
             diag[f"{key}_before"] = val
         for key, val in after.items():
             diag[f"{key}_after"] = val
+    if not residual_after <= diag["residual_before"]:
+        warnings.warn(
+            f"LSR raised the residual of the predictor from {diag['residual_before']:.3e} to "
+            f"{residual_after:.3e} (linearized: {sol.residual_norm:.3e}): the problem is nonlinear and the "
+            "step left the region where the linearization holds. Use a lower rank, a larger rcond or a "
+            "Tikhonov term, or iterate (pinnlsr.gauss_newton, pinnlsr.ilsr).",
+            RuntimeWarning, stacklevel=2)
     timings["diagnostics"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     timings["refine"] = timings["total"] - timings["diagnostics"]

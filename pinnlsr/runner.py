@@ -194,7 +194,9 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
     ref = reference_on(problem, result.model.theta0.dtype, result.model.theta0.device)
     if ref is not None:
         x, u = ref
-        predictors = predictors or {metrics["stages"][0]["name"]: model, "lsr": result.model}
+        names = [s["name"] for s in metrics["stages"]]
+        pretrained = names[names.index("lsr") - 1]  # the stage that produced ``model`` (adam, lbfgs, checkpoint)
+        predictors = predictors or {pretrained: model, "lsr": result.model}
         preds = {name: predict(m.to(x), x).cpu().numpy() for name, m in predictors.items()}
         write_predictions(out / "predictions.npz", x.cpu().numpy(), u.cpu().numpy(), preds)
     atomic_write_json(out / "metrics.json", metrics)

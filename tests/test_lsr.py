@@ -221,3 +221,20 @@ def test_checkpoint_errors(tmp_path):
         ckpt.load_into(problem.default_model(), wrong)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ckpt.load_state_dict(tmp_path / "missing.pt")
+
+
+class Cubic(TinyPoisson):
+    """u³ = 8 everywhere: strongly nonlinear around a network with outputs near zero."""
+
+    def terms(self):
+        pts = torch.rand(30, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return [Term("cubic", lambda u, x: u(x)[0] ** 3 - 8.0, pts)]
+
+
+def test_lsr_warns_when_the_predictor_residual_grows():
+    model = tiny_mlp()
+    with torch.no_grad():
+        model.net[-1].bias.fill_(0.05)
+    with pytest.warns(RuntimeWarning, match="raised the residual of the predictor"):
+        res = lsr(Cubic(), model, compute_errors=False)
+    assert res.diagnostics["residual_after"] > res.diagnostics["residual_before"]
