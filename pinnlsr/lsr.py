@@ -77,6 +77,29 @@ def _resolve_device(device) -> torch.device:
     return device
 
 
+def prepare_refinement(problem: PDEProblem, model: nn.Module, points, seed: int, dtype: torch.dtype,
+                       device) -> tuple[nn.Module, ParamSpec, torch.Generator, dict, torch.Tensor, torch.device]:
+    """Common setup of the refinement entry points: resolve the device (default: the model's),
+    copy the model to dtype/device, draw or convert the points, flatten θ0.
+
+    Returns (network copy, its ParamSpec, the seeded generator (already used for the points),
+    points {term: (n, d)}, θ0 (m,), device)."""
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else "cpu"
+    device = _resolve_device(device)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    net = prepare_model(model, dtype, device)
+    spec = ParamSpec.of(net)
+    generator = torch.Generator().manual_seed(seed)
+    if points is None:
+        points = problem.sample_points(generator, dtype, device)
+    else:
+        points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
+    return net, spec, generator, points, spec.flatten(net), device
+
+
 def choose_basis(
     out_rows, theta: torch.Tensor, rank: int | None, subspace: str, oversampling: int,
     power_iterations: int, generator: torch.Generator, scale_basis: bool, jacobian_mode: str,
@@ -140,16 +163,9 @@ def lsr(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if device is None:
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else "cpu"
-    device = _resolve_device(device)
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    net, spec, generator, points, theta0, device = prepare_refinement(problem, model, points, seed, dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    net = prepare_model(model, dtype, device)
-    spec = ParamSpec.of(net)
     m = spec.numel
     if rank is not None:
         if rank < 1:
@@ -158,12 +174,6 @@ def lsr(
             warnings.warn(f"rank {rank} exceeds the number of trainable parameters m = {m}; clipped to {m}",
                           UserWarning, stacklevel=2)
             rank = m
-    generator = torch.Generator().manual_seed(seed)
-    if points is None:
-        points = problem.sample_points(generator, dtype, device)
-    else:
-        points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
-    theta0 = spec.flatten(net)
     rows = residual_rows(problem, net, points, spec)
     f0 = rows.values(theta0)
     terms_before = rows.norms(theta0)

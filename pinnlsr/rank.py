@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import jacobian as jac
-from .lsr import FULL_SPACE_MAX_PARAMS, _peak_memory_gb, _resolve_device, choose_basis, prepare_model
+from .lsr import FULL_SPACE_MAX_PARAMS, _peak_memory_gb, choose_basis, prepare_refinement
 from .metrics import model_errors, predict, reference_on
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
@@ -228,19 +228,8 @@ def lsr_rank_scan(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if device is None:
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else "cpu"
-    device = _resolve_device(device)
-    net = prepare_model(model, dtype, device)
-    spec = ParamSpec.of(net)
+    net, spec, generator, points, theta0, device = prepare_refinement(problem, model, points, seed, dtype, device)
     m = spec.numel
-    generator = torch.Generator().manual_seed(seed)
-    if points is None:
-        points = problem.sample_points(generator, dtype, device)
-    else:
-        points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
-    theta0 = spec.flatten(net)
     rows = residual_rows(problem, net, points, spec)
     max_rank = min(m, rows.n_rows) if max_rank is None else int(max_rank)
     if not 1 <= max_rank <= m:
