@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .io import readable_temp_file
+from .io import write_atomically
 
 
 def save_state_dict(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -27,15 +27,7 @@ def save_state_dict(model: nn.Module, path: str | os.PathLike, extra: dict | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     payload.update(extra or {})
-    tmp = str(readable_temp_file(path.parent, f".{path.name}.", ".tmp"))
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1117,6 +1117,20 @@ def readable_temp_file(folder, prefix: str, suffix: str) -> pathlib.Path:
     return pathlib.Path(name)
 
 
+def write_atomically(path, write, suffix: str = ".tmp") -> pathlib.Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place;
+    on any failure the temporary file is removed and an existing ``path`` is left untouched."""
+    dest = pathlib.Path(path)
+    tmp = readable_temp_file(dest.parent, f".{dest.name}.", suffix)
+    try:
+        write(str(tmp))
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return dest
+
+
 def _tmp_path(dest: pathlib.Path, suffix: str) -> pathlib.Path:
     return readable_temp_file(dest.parent, f".{dest.name}.", suffix)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_json, atomic_write_text, readable_temp_file
+from .io import atomic_write_json, atomic_write_text, write_atomically
 
 HISTORY_COLUMNS = ("method", "iteration", "seconds", "loss", "residual", "rel_l2")
 REQUIRED = ("metrics.json", "config.json")
@@ -84,17 +84,9 @@ def read_history_csv(path: Path) -> dict[str, dict[str, list]]:
 
 def write_predictions(path: Path, points: np.ndarray, reference: np.ndarray, predictions: dict[str, np.ndarray]) -> Path:
     """predictions.npz: points (N, d), reference (N, k) and ``pred_<stage>`` (N, k), atomically."""
-    path = Path(path)
-    tmp = str(readable_temp_file(path.parent, f".{path.name}.", ".npz"))
-    try:
-        np.savez(tmp, points=points, reference=reference,
-                 **{f"pred_{name}": np.asarray(v) for name, v in predictions.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    arrays = {f"pred_{name}": np.asarray(v) for name, v in predictions.items()}
+    return write_atomically(path, lambda tmp: np.savez(tmp, points=points, reference=reference, **arrays),
+                            suffix=".npz")
 
 
 def write_fields(out: Path, points: np.ndarray, reference: np.ndarray, predictions: dict[str, np.ndarray],
