@@ -17,6 +17,7 @@ Starting from z = 0 with μ → 0 the first step is exactly one-shot LSR.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -76,6 +77,35 @@ def z_jacobian(rows: Rows, z: torch.Tensor, n_base_params: int, memory_budget: i
     return jac.jacobian(rows, z, max(1, budget * r // (r + 4 * n_base_params)))
 
 
+class ShiftedNetwork(nn.Module):
+    """The base network plus the predictor's fixed correction: x -> u(θ, x) + J(x)·V·z.
+
+    J, V and z stay frozen at θ0 while θ (the base network's parameters) varies, so at θ = θ0 this
+    *is* the refined predictor u_lin(·; z), and the residual's Jacobian in θ there, times V, is
+    df/dz of the predictor's residual: the PDE linearized around u_lin applied to the columns of
+    J·V. That is the same row computation as one LSR step, far cheaper than differentiating
+    through the JVP inside the predictor."""
+
+    def __init__(self, predictor: LinearizedModel):
+        super().__init__()
+        self.net = copy.deepcopy(predictor.base)
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        object.__setattr__(self, "_predictor", predictor)  # not a submodule: its z is not a parameter here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + self._predictor.correction(x)
+
+
+def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: dict[str, torch.Tensor],
+                     memory_budget: int | None = None, mode: str = "explicit") -> torch.Tensor:
+    """A = df/dz (n, r) of the residual rows of ``predictor`` at its current z, computed as
+    G_shift(θ0)·V with :class:`ShiftedNetwork` (equal to differentiating in z directly)."""
+    shifted = ShiftedNetwork(predictor)
+    rows = residual_rows(problem, shifted, points)
+    return jac.apply(rows, predictor.theta0, predictor.basis, mode, memory_budget)
+
+
 def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,
                            counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Fresh points from the problem's samplers with a generator independent of the training
@@ -90,6 +120,7 @@ def tangent_gauss_newton(
     *,
     points: dict[str, torch.Tensor] | None = None,
     validation_points: dict[str, torch.Tensor] | None = None,
+    validation: PDEProblem | None = None,
     basis: Basis | None = None,
     rank: int | None = None,
     subspace: str = "auto",
@@ -110,6 +141,7 @@ def tangent_gauss_newton(
     memory_budget: int | None = None,
     compute_errors: bool = True,
     callback: Callable[[dict], None] | None = None,
+    jacobian: str = "shifted",
 ) -> GaussNewtonResult:
     """Levenberg–Marquardt in the coefficients z of the refined predictor around ``model``.
 
@@ -117,6 +149,10 @@ def tangent_gauss_newton(
         points: collocation points {term: (n_t, d)}; drawn from the problem with ``seed`` if None.
         validation_points: fresh points for the stopping rule and the choice of the returned z;
             drawn independently of ``points`` if None (see :func:`draw_validation_points`).
+        validation: instead of ``validation_points``, a problem whose own terms (points and
+            targets, e.g. the same PDE instance on other fixed points) give the validation rows;
+            needed when the problem's terms are fixed point sets with targets, which a fresh draw
+            would only repeat.
         basis: the subspace (e.g. from an earlier LSR); else built as in :func:`pinnlsr.lsr.lsr`
             from ``rank``, ``subspace``, ``oversampling``, ``power_iterations``, ``scale_basis``.
         z0: starting coefficients (default 0: the first step is one-shot LSR).
@@ -131,10 +167,15 @@ def tangent_gauss_newton(
         rcond: singular values of A below rcond·σ_max are dropped from the step.
         generator: randomness of the basis sketch (default: seeded with ``seed``).
         callback: called with each iteration's history record.
+        jacobian: how A = df/dz is formed each iteration: "shifted" (rows of
+            :class:`ShiftedNetwork` in θ times V, the cost of one LSR product) or "direct"
+            (``vmap(jacrev)`` in z through the predictor's JVP; slower, kept as the oracle).
     """
     t_start = time.perf_counter()
     if max_iters < 0 or max_tries < 1 or patience < 1:
         raise ValueError("max_iters must be >= 0, max_tries and patience >= 1")
+    if jacobian not in ("shifted", "direct"):
+        raise ValueError(f"jacobian must be 'shifted' or 'direct', got {jacobian!r}")
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else "cpu"
@@ -146,7 +187,11 @@ def tangent_gauss_newton(
         points = problem.sample_points(generator, dtype, device)
     else:
         points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
-    if validation_points is None:
+    if validation is not None:
+        if validation_points is not None:
+            raise ValueError("give validation_points or a validation problem, not both")
+        validation_points = validation.sample_points(torch.Generator().manual_seed(int(seed) + 1_000_003), dtype, device)
+    elif validation_points is None:
         validation_points = draw_validation_points(
             problem, seed, dtype, device, {k: int(v.shape[0]) for k, v in points.items()})
     else:
@@ -163,7 +208,7 @@ def tangent_gauss_newton(
         raise ValueError(f"z0 must have shape ({r},) for a basis of rank {r}, got {tuple(z.shape)}")
     lin = LinearizedModel(net, basis.V, z)
     rows = residual_rows(problem, lin, points)
-    val_rows = residual_rows(problem, lin, validation_points)
+    val_rows = residual_rows(validation or problem, lin, validation_points)
 
     def record(it: int, f_norm: float, **extra) -> dict:
         with torch.no_grad():
@@ -187,7 +232,11 @@ def tangent_gauss_newton(
     stall, stop = 0, "max_iters"
     for it in range(1, max_iters + 1):
         with no_tf32():
-            a = z_jacobian(rows, z, spec.numel, memory_budget)
+            if jacobian == "shifted":
+                lin.z.data.copy_(z)
+                a = shifted_jacobian(problem, lin, points, memory_budget)
+            else:
+                a = z_jacobian(rows, z, spec.numel, memory_budget)
             u, s, vh = torch.linalg.svd(a, full_matrices=False)
         cut = (rcond if rcond is not None else max(a.shape) * torch.finfo(dtype).eps) * float(s[0])
         keep = s > cut

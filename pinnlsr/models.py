@@ -189,6 +189,15 @@ class LinearizedModel(nn.Module):
         u0, du = jvp(u, (self.theta0,), (self.delta,))
         return u0 + du
 
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """J(x) · V · z alone, shape (N, k), with z detached (a fixed function of x)."""
+        base, spec = self.base, self.spec
+
+        def u(theta: torch.Tensor) -> torch.Tensor:
+            return functional_call(base, spec.unflatten(theta), (x,))
+
+        return jvp(u, (self.theta0,), (self.delta.detach(),))[1]
+
     def network_at(self, step: float = 1.0) -> nn.Module:
         """A copy of the base network at θ0 + step·V z (the nonlinear model the step points to)."""
         net = copy.deepcopy(self.base)

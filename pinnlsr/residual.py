@@ -196,6 +196,12 @@ def residual_rows(problem: PDEProblem, model: nn.Module, points: dict[str, torch
             raise ValueError(f"term {name!r}: weight must be finite and >= 0, got {term.weight}")
         data = targets.get(name) if targets else None
         if data is None and term.targets is not None:
+            own = torch.as_tensor(term.points)
+            if own.shape != pts.shape or not torch.equal(own.to(pts), pts):
+                raise ValueError(
+                    f"term {name!r}: its targets belong to its own fixed points, but other points were given; "
+                    f"pass targets for them (targets={{{name!r}: ...}}) or use the term's own points"
+                )
             data = torch.as_tensor(term.targets)
         if data is not None:
             data = torch.as_tensor(data).to(pts)

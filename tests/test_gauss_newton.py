@@ -68,3 +68,72 @@ def test_a_diverging_step_is_rejected_and_damping_grows():
     residuals = [h["residual"] for h in res.history]
     assert all(b < a for a, b in zip(residuals, residuals[1:]))  # ... and the residual still fell
     assert all(math.isfinite(r) for r in residuals)
+
+
+class SineData(PDEProblem):
+    """Supervised fit of sin(3x) on fixed points: a data term whose targets belong to its points."""
+
+    input_names = ("x",)
+
+    def __init__(self, seed):
+        x = torch.rand(40, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        self.name = f"sine_data_{seed}"
+        self._terms = [Term("data", lambda u, x, y: u(x) - y, x, targets=torch.sin(3 * x))]
+
+    def terms(self):
+        return self._terms
+
+
+def test_validation_problem_scores_steps_with_its_own_targets():
+    from pinnlsr.models import ParamSpec
+    from pinnlsr.residual import residual_rows
+
+    train, held_out = SineData(0), SineData(1)
+    model = MLP(1, 1, (6,), generator=torch.Generator().manual_seed(0))
+    res = tangent_gauss_newton(train, model, validation=held_out, rank=10, max_iters=3, patience=10,
+                               compute_errors=False)
+    spec = ParamSpec.of(model)
+    expected = residual_rows(held_out, model, {"data": held_out.terms()[0].points}).values(spec.flatten(model)).norm()
+    assert res.history[0]["validation_residual"] == pytest.approx(float(expected), rel=1e-12)
+    assert torch.equal(res.validation_points["data"], held_out.terms()[0].points)
+    # the held-out fit improves with the training fit on this smooth target
+    assert res.history[res.best_iteration]["validation_residual"] < 0.5 * res.history[0]["validation_residual"]
+    with pytest.raises(ValueError, match="not both"):
+        tangent_gauss_newton(train, model, validation=held_out, validation_points={"data": torch.zeros(3, 1)})
+
+
+def test_targets_are_never_paired_with_other_points():
+    from pinnlsr.residual import residual_rows
+
+    problem = SineData(0)
+    model = MLP(1, 1, (6,), generator=torch.Generator().manual_seed(0))
+    other = {"data": torch.rand(40, 1, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="targets belong to its own fixed points"):
+        residual_rows(problem, model, other)
+    rows = residual_rows(problem, model, other, targets={"data": torch.sin(3 * other["data"])})
+    assert rows.n_rows == 40
+
+
+def test_shifted_jacobian_equals_differentiating_the_predictor_in_z():
+    from pinnlsr.gauss_newton import shifted_jacobian, z_jacobian
+    from pinnlsr.models import LinearizedModel, ParamSpec
+    from pinnlsr.residual import residual_rows
+
+    problem, model, points = small_burgers(1)
+    m = ParamSpec.of(model).numel
+    gen = torch.Generator().manual_seed(2)
+    V = torch.randn(m, 7, generator=gen, dtype=torch.float64) / m**0.5
+    z = torch.randn(7, generator=gen, dtype=torch.float64)
+    lin = LinearizedModel(model, V, z)
+    direct = z_jacobian(residual_rows(problem, lin, points), z, m, None)
+    shifted = shifted_jacobian(problem, lin, points)
+    assert direct.shape == shifted.shape == (residual_rows(problem, lin, points).n_rows, 7)
+    assert torch.allclose(shifted, direct, rtol=1e-10, atol=1e-10 * float(direct.abs().max()))
+
+
+def test_both_jacobians_give_the_same_gauss_newton_run():
+    problem, model, points = small_burgers()
+    runs = [tangent_gauss_newton(problem, model, points=points, rank=20, max_iters=3, patience=10,
+                                 compute_errors=False, jacobian=j) for j in ("shifted", "direct")]
+    for a, b in zip(runs[0].history, runs[1].history):
+        assert a["residual"] == pytest.approx(b["residual"], rel=1e-8)
