@@ -46,6 +46,9 @@ def build_parser(problem: OperatorProblem, defaults: dict, prog: str | None) -> 
     p.add_argument("--lsr-points", nargs="*", default=[], metavar="TERM=N",
                    help="LSR points per term (defaults: " + ", ".join(f"{t.name}={t.n_lsr}" for t in problem.terms()) + ")")
     p.add_argument("--power-iterations", type=int, default=0, help="power iterations of the randomized range finder")
+    p.add_argument("--gauss-newton", type=int, default=defaults.get("gauss_newton", 0), metavar="K",
+                   help="after one-shot LSR, up to K tangent Gauss–Newton iterations per instance (nonlinear "
+                        "PDEs), a 'gauss_newton' stage; 0: one-shot LSR only")
     p.add_argument("--verbose", action="store_true", help="print every instance")
     p.add_argument("--no-plot", action="store_true", help="skip figures")
     return p
@@ -104,26 +107,47 @@ def run(problem: OperatorProblem, args) -> dict:
         scan_fns = problem.sample_functions(args.scan_instances, torch.Generator().manual_seed(args.seed + 4))
         rank, scan = rank_scan(problem, net, scan_fns, args.scan_ranks, args.seed, counts=counts,
                                power_iterations=args.power_iterations)
-    print(f"LSR: rank {rank}, randomized subspace, {len(test)} instances")
+    gn = args.gauss_newton
+    print(f"LSR: rank {rank}, randomized subspace, {len(test)} instances"
+          + (f", then up to {gn} tangent Gauss–Newton iterations each" if gn else ""))
     out = refine_instances(problem, net, test, refs, rank, args.seed, counts, keep_models=3,
-                           printer=print if args.verbose else None, power_iterations=args.power_iterations)
+                           printer=print if args.verbose else None, gauss_newton=gn,
+                           power_iterations=args.power_iterations)
     inst = out["instances"]
+    mean = lambda key: float(np.mean([r[key] for r in inst]))
+    peak = float(max(r["peak_memory_gb"] for r in inst))
+    if gn:  # the first Gauss–Newton step is the one-shot LSR stage
+        err_lsr = np.array([r["rel_l2_lsr"] for r in inst])
+        ml, sl = summarize(err_lsr)
+        stages.append({"name": "lsr", "rank": rank, "rel_l2": ml, "rel_l2_mean": ml, "rel_l2_std": sl,
+                       "n_instances": len(test), "seconds": float(np.sum([r["seconds_lsr"] for r in inst])),
+                       "seconds_per_instance": mean("seconds_lsr"), "residual_before_mean": mean("residual_before"),
+                       "residual_after_mean": mean("residual_lsr"),
+                       "linearized_residual_mean": mean("linearized_residual"), "peak_memory_gb": peak,
+                       "reduction_of_mean": m0 / ml, "reduction_median": float(np.median(err0 / err_lsr)),
+                       "note": "first step of the tangent Gauss–Newton run (one-shot LSR)"})
     err1 = np.array([r["rel_l2_after"] for r in inst])
     m1, s1 = summarize(err1)
     secs = [r["seconds"] for r in inst]
-    stages.append({"name": "lsr", "rank": rank, "rel_l2": m1, "rel_l2_mean": m1, "rel_l2_std": s1,
-                   "n_instances": len(test), "seconds": float(np.sum(secs)),
-                   "seconds_per_instance": float(np.mean(secs)),
-                   "residual_before_mean": float(np.mean([r["residual_before"] for r in inst])),
-                   "residual_after_mean": float(np.mean([r["residual_after"] for r in inst])),
-                   "linearized_residual_mean": float(np.mean([r["linearized_residual"] for r in inst])),
-                   "peak_memory_gb": float(max(r["peak_memory_gb"] for r in inst)),
-                   "reduction_of_mean": m0 / m1,
-                   "reduction_median": float(np.median(err0 / err1))})
+    final = {"name": "gauss_newton" if gn else "lsr", "rank": rank, "rel_l2": m1, "rel_l2_mean": m1,
+             "rel_l2_std": s1, "n_instances": len(test), "seconds": float(np.sum(secs)),
+             "seconds_per_instance": float(np.mean(secs)), "residual_before_mean": mean("residual_before"),
+             "residual_after_mean": mean("residual_after"), "peak_memory_gb": peak,
+             "reduction_of_mean": m0 / m1, "reduction_median": float(np.median(err0 / err1))}
+    if gn:
+        final.update(max_iterations=gn, iterations_mean=mean("iterations"),
+                     best_iteration_mean=mean("best_iteration"))
+    else:
+        final["linearized_residual_mean"] = mean("linearized_residual")
+    stages.append(final)
     print()
     print(f"{'stage':<12}{'rel L2 mean':>14}{'± std':>11}{'median':>11}{'s/instance':>12}")
     print(f"{'pretrained':<12}{m0:>14.3e}{s0:>11.2e}{np.median(err0):>11.2e}{eval_seconds:>12.4f}")
-    print(f"{'lsr r=' + str(rank):<12}{m1:>14.3e}{s1:>11.2e}{np.median(err1):>11.2e}{np.mean(secs):>12.3f}")
+    for st in stages[1:]:
+        label = ("lsr r=" + str(rank)) if st["name"] == "lsr" else f"GN x{gn}"
+        errs = err1 if st is final else err_lsr
+        print(f"{label:<12}{st['rel_l2_mean']:>14.3e}{st['rel_l2_std']:>11.2e}{np.median(errs):>11.2e}"
+              f"{st['seconds_per_instance']:>12.3f}")
     print(f"reduction: mean {m0 / m1:.1f}x, median per instance {np.median(err0 / err1):.1f}x; "
           f"peak memory {stages[-1]['peak_memory_gb']:.2f} GB")
     metrics = {"problem": problem.name, "seed": args.seed, "device": "cpu", "dtype": "float64",
@@ -140,7 +164,8 @@ def run(problem: OperatorProblem, args) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not args.no_plot:
             try:
-                metrics["figures"] = plot_instances(problem, test, sensors, refs, net, out["models"], err0, err1, out_dir)
+                metrics["figures"] = plot_instances(problem, test, sensors, refs, net, out["models"], err0, err1, out_dir,
+                                                    "LSR + Gauss–Newton" if gn else "LSR")
             except Exception as exc:  # figures never cost the numbers
                 print(f"warning: figures not written: {type(exc).__name__}: {exc}", file=sys.stderr)
         atomic_write_json(out_dir / "metrics.json", metrics)
@@ -148,14 +173,14 @@ def run(problem: OperatorProblem, args) -> dict:
     return metrics
 
 
-def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: Path) -> list[str]:
+def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: Path, label: str = "LSR") -> list[str]:
     """Prediction / reference / error before and after LSR for the first instances, and the
     per-instance error scatter."""
     from . import plotting
 
     files = [plotting.plot_error_per_instance(err0, err1, out / "error_per_instance.png",
                                               title=f"{problem.name}: rel. L2 per instance",
-                                              xlabel="pretrained", ylabel="after LSR").name]
+                                              xlabel="pretrained", ylabel=f"after {label}").name]
     points = problem.test_points()
     axes = problem.test_axes()
     pred0 = predict_operator(net, sensors[:len(models)], points)
@@ -165,9 +190,9 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
         ref = refs[i].numpy()
         if len(axes) == 1:
             x = axes[0]
-            files.append(plotting.plot_curves_1d(x, {"reference": ref, "pretrained": before, "LSR": after},
+            files.append(plotting.plot_curves_1d(x, {"reference": ref, "pretrained": before, label: after},
                                                  out / f"instance_{i}.png", title=f"instance {i}").name)
-            files.append(plotting.plot_curves_1d(x, {"pretrained": np.abs(before - ref), "LSR": np.abs(after - ref)},
+            files.append(plotting.plot_curves_1d(x, {"pretrained": np.abs(before - ref), label: np.abs(after - ref)},
                                                  out / f"instance_{i}_error.png", ylabel="|error|", logy=True,
                                                  title=f"instance {i}: |error|").name)
         else:

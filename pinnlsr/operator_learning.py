@@ -258,12 +258,19 @@ def relative_errors(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def refine_instances(problem: OperatorProblem, net: DeepONet, functions: FunctionBatch,
                      references: torch.Tensor | None, rank: int, seed: int = 0,
                      counts: dict[str, int] | None = None, keep_models: int = 0,
-                     printer: Callable[[str], None] | None = None, **lsr_options) -> dict:
+                     printer: Callable[[str], None] | None = None, gauss_newton: int = 0,
+                     **lsr_options) -> dict:
     """LSR of ``net`` on each function separately (randomized subspace of rank ``rank``).
+
+    With ``gauss_newton`` = K > 0 (for nonlinear PDEs) each instance instead runs up to K
+    tangent Gauss–Newton iterations on the same basis (:func:`pinnlsr.gauss_newton.tangent_gauss_newton`;
+    its first step is one-shot LSR), judged on the same instance at independently drawn points.
 
     Returns {"instances": [per-instance diagnostics], "models": first ``keep_models`` refined
     predictors}; each instance records rel_l2 before/after (when references are given), the
-    residual before, linearized and after, and the refinement seconds (without error evaluation)."""
+    residual before, linearized and after, and the refinement seconds (without error evaluation).
+    With Gauss–Newton, rel_l2_lsr / residual_lsr / seconds_lsr are its first step (one-shot
+    LSR), rel_l2_after / residual_after / seconds its best iterate by validation residual."""
     sensors = problem.check_sensors(problem.sensors(functions))
     options = dict(subspace="randomized", oversampling=10, power_iterations=0)
     options.update(lsr_options)
@@ -272,20 +279,47 @@ def refine_instances(problem: OperatorProblem, net: DeepONet, functions: Functio
         gen = torch.Generator().manual_seed(seed * 100003 + i)
         ref = None if references is None else references[i]
         inst = problem.instance(functions, i, gen, ref, counts)
-        res = lsr(inst, InstanceModel(net, sensors[i]), rank=rank, seed=seed + i,
-                  compute_errors=ref is not None, **options)
-        d = res.diagnostics
-        row = {k: d.get(k) for k in ("rel_l2_before", "rel_l2_after", "residual_before", "linearized_residual",
-                                     "residual_after", "rank", "cond", "peak_memory_gb")}
-        row["seconds"] = d["seconds"]["refine"]
+        if gauss_newton > 0:
+            row, model = _gauss_newton_instance(problem, functions, i, inst, InstanceModel(net, sensors[i]), rank,
+                                                seed, counts, gauss_newton, ref is not None, options)
+        else:
+            res = lsr(inst, InstanceModel(net, sensors[i]), rank=rank, seed=seed + i,
+                      compute_errors=ref is not None, **options)
+            d = res.diagnostics
+            row = {k: d.get(k) for k in ("rel_l2_before", "rel_l2_after", "residual_before", "linearized_residual",
+                                         "residual_after", "rank", "cond", "peak_memory_gb")}
+            row["seconds"] = d["seconds"]["refine"]
+            model = res.model
         rows.append(row)
         if i < keep_models:
-            models.append(res.model)
+            models.append(model)
         if printer:
             printer(f"  instance {i:4d}: rel L2 {row['rel_l2_before'] or float('nan'):.3e} -> "
                     f"{row['rel_l2_after'] or float('nan'):.3e}  residual {row['residual_before']:.3e} -> "
                     f"{row['residual_after']:.3e}  {row['seconds']:.2f}s")
     return {"instances": rows, "models": models}
+
+
+def _gauss_newton_instance(problem, functions, index, inst, model, rank, seed, counts, iterations,
+                           with_errors, options) -> tuple[dict, torch.nn.Module]:
+    """Tangent Gauss–Newton on one instance; validation: the same instance on other points."""
+    from .gauss_newton import tangent_gauss_newton
+    from .lsr import _peak_memory_gb
+
+    val_gen = torch.Generator().manual_seed(seed * 100003 + index + 7_919_001)
+    validation = problem.instance(functions, index, val_gen, None, counts)
+    res = tangent_gauss_newton(inst, model, rank=rank, seed=seed + index, validation=validation,
+                               max_iters=iterations, compute_errors=with_errors, **options)
+    h, best = res.history, res.history[res.best_iteration]
+    first = h[1] if len(h) > 1 else h[0]
+    row = {"rel_l2_before": h[0].get("rel_l2"), "rel_l2_after": best.get("rel_l2"),
+           "rel_l2_lsr": first.get("rel_l2"), "residual_before": h[0]["residual"],
+           "linearized_residual": first["linearized_residual"], "residual_lsr": first["residual"],
+           "residual_after": best["residual"], "rank": res.diagnostics["rank"], "cond": None,
+           "peak_memory_gb": _peak_memory_gb(torch.device(res.z.device)), "seconds_lsr": first["seconds"],
+           "seconds": res.diagnostics["seconds"], "iterations": res.diagnostics["iterations"],
+           "best_iteration": res.best_iteration, "stop_reason": res.stop_reason}
+    return row, res.model
 
 
 def summarize(values) -> tuple[float, float]:

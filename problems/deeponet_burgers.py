@@ -77,7 +77,7 @@ class DeepONetBurgers(OperatorProblem):
 
 PROBLEM = DeepONetBurgers
 DEFAULTS = {"steps": 2000, "batch_size": 16, "n_train": 1000, "widths": (50, 50, 50), "latent": 50,
-            "lr": 1e-3, "final_lr": 1e-5}
+            "lr": 1e-3, "final_lr": 1e-5, "gauss_newton": 4}
 
 
 def run_cli(argv=None, prog=None) -> int:

@@ -50,24 +50,32 @@ def run_problem(name: str, args) -> dict:
 def table(results: dict[str, dict]) -> str:
     lines = [
         "| problem | network (params) | pretraining | rank | pretrained rel. L2 (mean ± std) | after LSR | "
-        "reduction (of mean) | s / instance | peak mem. | paper: before → after (r, GPU s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "reduction | after LSR + Gauss–Newton | reduction | s / instance | peak mem. | paper: before → after (r, GPU s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in results.items():
-        pre, post = m["stages"][0], m["stages"][1]
+        stages = {st["name"]: st for st in m["stages"]}
+        pre, post, gn = stages["pretrained"], stages["lsr"], stages.get("gauss_newton")
         s = m["sizes"]
         paper = PAPER[name]
+        pretraining = f"{s['steps']} Adam × {s['batch_size']} fns" + (" (reloaded)" if m.get("checkpoint") else "")
+        if gn:
+            gn_cells = (f"{gn['rel_l2_mean']:.2e} ± {gn['rel_l2_std']:.1e} (≤ {gn['max_iterations']} it.) | "
+                        f"{pre['rel_l2_mean'] / gn['rel_l2_mean']:.0f}× | "
+                        f"{post['seconds_per_instance']:.2f} / {gn['seconds_per_instance']:.2f}")
+        else:
+            gn_cells = f"— | — | {post['seconds_per_instance']:.2f}"
+        last = gn or post
         lines.append(
-            f"| {name} | {s['widths']} p={s['latent']} ({m['n_params']}) | "
-            f"{'checkpoint' if m.get('checkpoint') else str(s['steps']) + ' Adam × ' + str(s['batch_size']) + ' fns'} | "
+            f"| {name} | {s['widths']} p={s['latent']} ({m['n_params']}) | {pretraining} | "
             f"{post['rank']} | {pre['rel_l2_mean']:.2e} ± {pre['rel_l2_std']:.1e} | "
             f"{post['rel_l2_mean']:.2e} ± {post['rel_l2_std']:.1e} | {pre['rel_l2_mean'] / post['rel_l2_mean']:.0f}× | "
-            f"{post['seconds_per_instance']:.2f} | {post['peak_memory_gb']:.2f} GB | "
+            f"{gn_cells} | {last['peak_memory_gb']:.2f} GB | "
             f"{paper[0]:.2e} → {paper[1]:.2e} ({paper[2]}, {paper[3]}) |")
     n = {m["stages"][1]["n_instances"] for m in results.values()}
     lines.append("")
     lines.append(f"{'/'.join(map(str, sorted(n)))} test functions per problem; CPU, float64, "
-                 f"{torch.get_num_threads()} thread(s); LSR points per term: "
+                 f"{torch.get_num_threads()} thread(s); s / instance: LSR / LSR + Gauss–Newton; LSR points per term: "
                  + "; ".join(f"{k}: {m['sizes']['lsr_points']}" for k, m in results.items()) + ".")
     return "\n".join(lines)
 

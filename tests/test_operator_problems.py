@@ -71,18 +71,21 @@ def test_wrong_sensor_grid_and_nan_inputs(pretrained_antiderivative):
         problem.check_sensors(bad)
 
 
-@pytest.mark.parametrize("factory", [DeepONetDiffusionReaction, DeepONetAdvection, DeepONetBurgers])
-def test_space_time_problems_refine_and_reduce_the_residual(factory):
-    """A briefly pretrained DeepONet, refined on one instance with few points: the residual and
-    the error against the reference solver go down."""
-    problem = factory()
+def briefly_pretrained(problem):
+    """(problem, a DeepONet after 30 Adam steps, one test function, its reference, LSR point counts)."""
     net = problem.default_deeponet(torch.Generator().manual_seed(0), widths=(20, 20), latent=20)
     train = problem.sample_functions(50, torch.Generator().manual_seed(1))
     train_pideeponet(problem, net, train, 30, batch_size=4, lr=2e-3,
                      generator=torch.Generator().manual_seed(2), printer=None)
     test = problem.sample_functions(1, torch.Generator().manual_seed(3))
-    refs = problem.references(test)
-    counts = {"pde": 300, "ic": 40, "bc": 40}
+    return problem, net, test, problem.references(test), {"pde": 300, "ic": 40, "bc": 40}
+
+
+@pytest.mark.parametrize("factory", [DeepONetDiffusionReaction, DeepONetAdvection, DeepONetBurgers])
+def test_space_time_problems_refine_and_reduce_the_residual(factory):
+    """A briefly pretrained DeepONet, refined on one instance with few points: the residual and
+    the error against the reference solver go down."""
+    problem, net, test, refs, counts = briefly_pretrained(factory())
     row = refine_instances(problem, net, test, refs, rank=120, counts=counts)["instances"][0]
     assert row["residual_after"] < 0.5 * row["residual_before"]
     assert row["rel_l2_after"] < 0.5 * row["rel_l2_before"]
@@ -132,3 +135,28 @@ def test_antiderivative_reduction_factor_at_size():
     before = sum(r["rel_l2_before"] for r in rows) / n
     after = sum(r["rel_l2_after"] for r in rows) / n
     assert before / after >= 200
+
+
+def test_burgers_gauss_newton_instances_and_cli_stages(tmp_path):
+    """Per-instance tangent Gauss–Newton after LSR: its first step is the one-shot LSR result, its
+    best iterate is never worse on the residual, and the CLI reports lsr and gauss_newton stages."""
+    from problems.deeponet_burgers import run_cli as burgers_cli
+
+    problem, net, test, refs, counts = briefly_pretrained(DeepONetBurgers(n_test_x=32, n_test_t=11))
+    one_shot = refine_instances(problem, net, test, refs, rank=60, counts=counts)["instances"][0]
+    row = refine_instances(problem, net, test, refs, rank=60, counts=counts, gauss_newton=3)["instances"][0]
+    assert row["rel_l2_before"] == pytest.approx(one_shot["rel_l2_before"], rel=1e-12)
+    assert row["residual_lsr"] == pytest.approx(one_shot["residual_after"], rel=1e-3)
+    assert row["residual_after"] <= row["residual_lsr"] and row["residual_lsr"] < row["residual_before"]
+    assert 1 <= row["iterations"] <= 3 and row["seconds"] >= row["seconds_lsr"]
+
+    out = tmp_path / "burgers"
+    argv = ["--steps", "5", "--n-train", "8", "--n-test", "2", "--rank", "15", "--widths", "10", "10",
+            "--latent", "10", "--lsr-points", "pde=120", "ic=20", "bc=20", "--gauss-newton", "2",
+            "--out", str(out), "--no-plot"]
+    assert burgers_cli(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["pretrained", "lsr", "gauss_newton"]
+    for stage in metrics["stages"]:
+        assert stage["n_instances"] == 2 and "seconds_per_instance" in stage
+    assert metrics["stages"][2]["residual_after_mean"] <= metrics["stages"][1]["residual_after_mean"]
