@@ -2,8 +2,10 @@
 
 Data: ../shared/data/deeponet/antiderivative_aligned_{train,test}.npz (DeepXDE's example: 150
 training and 1,000 test functions at 100 sensors, outputs at the same 100 points of [0, 1]).
-A DeepONet (branch 100-[40]x2-40, trunk 1-[40]x2-40, tanh) is trained by full-batch Adam on the
-mean squared error over (function, point) pairs. LSR then refines it with a data term whose rows
+A DeepONet (linear branch 100-40, trunk 1-[40]x2-40 tanh) is trained by full-batch Adam on the
+mean squared error over (function, point) pairs. The branch is linear because the operator is: with
+a tanh branch 100-[40]x2-40 Adam reaches the same test error (2.4e-2) but overfits the 120 training
+functions (training error 4e-3), and LSR on the training data can then only gain 1.3x. LSR then refines it with a data term whose rows
 are those pairs: :class:`PairModel` maps the concatenated input [sensor values, x] (N, 101) to
 (N, 1), so the ordinary :func:`~pinnlsr.rank.lsr_rank_scan` applies. The rank is chosen on
 held-out training functions (rank 0 = keep the trained network); the error is measured on the
@@ -104,7 +106,7 @@ class DeepONetAntiderivativeData(PDEProblem):
         return pairs(self.test_branch, self.test_trunk, self.test_y)
 
     def default_model(self, generator=None, dtype=torch.float64, device="cpu"):
-        return PairModel(make_deeponet((40, 40), (40, 40), 40, generator, dtype, device))
+        return PairModel(make_deeponet((), (40, 40), 40, generator, dtype, device))
 
 
 def make_deeponet(branch_widths, trunk_widths, latent, generator=None, dtype=torch.float64, device="cpu") -> DeepONet:
@@ -165,7 +167,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="folder for metrics.json, model.pt, figures")
     p.add_argument("--validation-functions", type=int, default=30,
                    help="training functions held out to choose the rank (0: choose by training residual)")
-    p.add_argument("--branch-widths", type=int, nargs="+", default=[40, 40])
+    p.add_argument("--branch-widths", type=int, nargs="*", default=[],
+                   help="hidden widths of the branch; none (the default) makes it one linear layer, which "
+                        "suits this linear operator (a tanh branch [40, 40] overfits the 120 training functions)")
     p.add_argument("--trunk-widths", type=int, nargs="+", default=[40, 40])
     p.add_argument("--latent", type=int, default=40)
     p.add_argument("--adam-steps", type=int, default=10000)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the problems/ package of this checkout
+
 QUICK = {
     "fit2d": ["--samples", "2000", "--adam-steps", "500", "--widths", "20", "20"],
     "deeponet_antiderivative_data": ["--adam-steps", "2000", "--max-rank", "600"],

@@ -151,12 +151,30 @@ def test_deeponet_data_lsr_improves_test_error(tmp_path):
 
     argv = ["--out", str(tmp_path), "--no-plot"]
     if not FULL:
-        argv += ["--adam-steps", "500", "--branch-widths", "20", "--trunk-widths", "20", "--latent", "20",
+        argv += ["--adam-steps", "2000", "--trunk-widths", "20", "20", "--latent", "20",
                  "--max-rank", "300", "--n-ranks", "15"]
     assert run_cli(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     trained, lsr = metrics["stages"]
     assert lsr["n_instances"] == 1000 and lsr["criterion"] == "validation"
     assert lsr["validation_after"] <= lsr["validation_before"]
-    # the issue asks for 5x at full size; measured 1.3x (see the report), so only "not worse" here
-    assert lsr["rel_l2_mean"] <= trained["rel_l2_mean"] / (5 if FULL else 1)
+    # measured: reduced 5.2e-2 -> 3.9e-3 (13x); full 1.40e-2 -> 3.8e-3 (3.7x). Both end near the
+    # data's floor: the best linear map fitted to all 150 training functions has test error 3.5e-3.
+    assert lsr["rel_l2_mean"] <= trained["rel_l2_mean"] / (3 if FULL else 5)
+    assert lsr["rel_l2_mean"] < 5e-3
+
+
+def test_antiderivative_data_floor_of_any_linear_operator():
+    """The aligned antiderivative data cannot be fitted below ~3.5e-3 on the test functions by any
+    linear operator (ridge least squares on all 150 training functions is that optimum, and the true
+    operator is linear): the floor that bounds what refinement can gain on this problem."""
+    import numpy as np
+
+    from pinnlsr.io import load_antiderivative
+
+    train, test = load_antiderivative("train"), load_antiderivative("test")
+    a = np.hstack([train.X_branch, np.ones((train.X_branch.shape[0], 1))])
+    weights = np.linalg.solve(a.T @ a + 1e-6 * np.eye(a.shape[1]), a.T @ train.y)
+    at = np.hstack([test.X_branch, np.ones((test.X_branch.shape[0], 1))])
+    err = np.linalg.norm(at @ weights - test.y, axis=1) / np.linalg.norm(test.y, axis=1)
+    assert 3e-3 < err.mean() < 4e-3
