@@ -96,3 +96,19 @@ def dense_output_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return functional_call(model, params, (x,)).reshape(-1)
 
     return jacrev(out)(theta0)
+
+
+def check_products_against_dense(prob, n_vjp: int, atol_factor: float = 1.0, **vjp_options) -> torch.Tensor:
+    """Jv, Jᵀw and the dense J of an interop problem (``residual(params=...)``, ``theta``,
+    ``jvp``, ``vjp``, ``jacobian``) against torch.autograd's dense Jacobian of its residual.
+    Tolerances are relative to the largest entry; returns that dense Jacobian."""
+    theta = prob.theta()
+    oracle = torch.autograd.functional.jacobian(lambda t: prob.residual(params=prob.spec.unflatten(t)), theta)
+    assert oracle.shape == (prob.n_rows, theta.numel())
+    gen = torch.Generator().manual_seed(1)
+    V = torch.randn(theta.numel(), 3, generator=gen, dtype=theta.dtype)
+    W = torch.randn(prob.n_rows, n_vjp, generator=gen, dtype=theta.dtype)
+    atol = 1e-12 * float(oracle.abs().max()) * atol_factor
+    torch.testing.assert_close(prob.jvp(theta, V), oracle @ V, rtol=0, atol=atol)
+    torch.testing.assert_close(prob.vjp(theta, W, **vjp_options), oracle.T @ W, rtol=0, atol=atol)
+    return oracle

@@ -19,6 +19,7 @@ if getattr(dde.backend, "backend_name", None) != "pytorch":  # pragma: no cover
     pytest.skip("DeepXDE is not on the PyTorch backend in this session", allow_module_level=True)
 
 from pinnlsr.interop import deepxde as px  # noqa: E402
+from oracles import check_products_against_dense  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -94,19 +95,48 @@ def test_residual_equals_deepxde_training_losses(build):
 
 def test_jacobian_products_through_dde_grad_match_dense_oracle():
     prob = px.DeepXDEProblem(burgers_periodic_ic())
-    theta = prob.theta()
-    oracle = torch.autograd.functional.jacobian(lambda t: prob.residual(params=prob.spec.unflatten(t)), theta)
-    assert oracle.shape == (prob.n_rows, theta.numel())
-    gen = torch.Generator().manual_seed(1)
-    V = torch.randn(theta.numel(), 3, generator=gen, dtype=theta.dtype)
-    W = torch.randn(prob.n_rows, 70, generator=gen, dtype=theta.dtype)
-    scale = float(oracle.abs().max())
-    torch.testing.assert_close(prob.jvp(theta, V), oracle @ V, rtol=0, atol=1e-12 * scale * 10)
-    torch.testing.assert_close(prob.vjp(theta, W, batch=32), oracle.T @ W, rtol=0, atol=1e-12 * scale * 10)
-    torch.testing.assert_close(prob.jacobian(theta), oracle, rtol=0, atol=1e-13 * scale)
+    oracle = check_products_against_dense(prob, n_vjp=70, atol_factor=10, batch=32)
+    torch.testing.assert_close(prob.jacobian(prob.theta()), oracle, rtol=0, atol=1e-13 * float(oracle.abs().max()))
     # DeepXDE's global gradient caches are left empty
     from deepxde.gradients import gradients_reverse as gr
     assert not gr.jacobian._Jacobians.Js and not gr.hessian._Hessians.Hs
+
+
+def test_blocked_jacobian_and_non_pointwise_fallback():
+    """G is formed block by block for pointwise pdes; a pde coupling points is detected and gets the
+    full-graph Jacobian; both match the dense oracle."""
+    model = burgers_periodic_ic()
+    blocked = px.DeepXDEProblem(model, chunk=3)
+    assert blocked.pointwise
+    theta = blocked.theta()
+    full = px.DeepXDEProblem(model, pointwise=False).jacobian(theta)
+    torch.testing.assert_close(blocked.jacobian(theta, batch=4), full, rtol=0, atol=1e-13 * float(full.abs().max()))
+
+    def coupled(x, y):  # the mean over all points: not pointwise
+        return -dde.grad.hessian(y, x) + y.mean() - 1.0
+
+    geom = dde.geometry.Interval(-1, 1)
+    data = dde.data.PDE(geom, coupled, dde.icbc.DirichletBC(geom, lambda x: 0 * x, lambda x, on: on), 10, 2)
+    prob = px.DeepXDEProblem(dde.Model(data, _net([1, 6, 1])), chunk=4)
+    assert not prob.pointwise and any("not pointwise" in n for n in prob.notes)
+    th = prob.theta()
+    oracle = torch.autograd.functional.jacobian(lambda t: prob.residual(params=prob.spec.unflatten(t)), th)
+    torch.testing.assert_close(prob.jacobian(th), oracle, rtol=0, atol=1e-13 * float(oracle.abs().max()))
+
+
+def test_levenberg_marquardt_accepts_only_decreasing_steps_and_keeps_best_validation_state():
+    model = burgers_periodic_ic()
+    prob = px.DeepXDEProblem(model)
+    res = px.gauss_newton(model, problem=prob, iterations=6, validation=64, seed=3, damping=1e-6)
+    d, hist = res.diagnostics, res.history
+    accepted = [h["residual"] for h in hist if h["accepted"]]
+    assert accepted and all(b < a for a, b in zip([d["residual_before"]] + accepted, accepted))
+    vals = [d["validation_before"]] + [h["validation"] for h in hist if h["accepted"]]
+    assert d["validation_points"] == 64 and d["validation_after"] == pytest.approx(min(vals), rel=1e-12)
+    X_val = prob.sample_pde_points(64, seed=3)
+    assert d["validation_after"] == pytest.approx(prob.validation_residual(prob.spec.flatten(res.network), X_val),
+                                                  rel=1e-10)
+    assert d["residual_after"] < d["residual_before"]
 
 
 def test_lsr_solves_linear_problem_with_every_bc_kind():

@@ -23,17 +23,22 @@ DeepXDE's reverse-mode input derivatives (``torch.autograd.forward_ad`` dual par
 one more reverse pass; DeepXDE's gradient cache is cleared around every evaluation. Both are exact
 (tested against ``torch.autograd.functional.jacobian`` of the whole residual).
 
-Nonlinear PDEs: :func:`gauss_newton` re-linearizes in parameter space (truncated-SVD
-Levenberg–Marquardt steps). Its result is a network of DeepXDE's own architecture, which
-:func:`write_back` copies into ``model.net``. The refined linear predictor of :func:`refine` is a
-different function from any network; :func:`write_back` of an LSR result writes θ0 + V z (the
-network the step points to) and says how far that is from the predictor.
+When ``pde(x, y)`` is pointwise (checked), the dense G is formed block by block (BC rows, then a
+few PDE points at a time), which costs n·chunk instead of n² backward rows.
+
+Nonlinear PDEs: :func:`gauss_newton` re-linearizes in parameter space (Levenberg–Marquardt with
+Nielsen's damping update, only decreasing steps accepted, best state on fresh validation points).
+Its result is a network of DeepXDE's own architecture, which :func:`write_back` copies into
+``model.net``. The refined linear predictor of :func:`refine` is a different function from any
+network; :func:`write_back` of an LSR result writes θ0 + V z (the network the step points to) and
+says how far that is from the predictor.
 
 float32 models are refined in float64 (a float64 copy of ``model.net``; the model itself is not
 touched until :func:`write_back`, which casts back to the model's dtype and reports the loss).
 
 Not supported (clear errors): TensorFlow/JAX/Paddle backends, forward-mode ``dde.config.autodiff``,
-data objects other than PDE/TimePDE (``PDEOperatorCartesianProd`` and the rest), mini-batched
+data objects other than PDE/TimePDE (physics-informed DeepONets, ``PDEOperatorCartesianProd``, are
+refined one input function at a time by :mod:`pinnlsr.interop.deepxde_operator`), mini-batched
 ``PointSetBC``. External trainable variables (inverse problems) are held fixed.
 """
 from __future__ import annotations
@@ -45,7 +50,6 @@ import os
 import pickle
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,7 +61,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..models import LinearizedModel, ParamSpec
-from ..solvers import LeastSquaresSolution, no_tf32, solve
+from ..solvers import no_tf32, solve
 
 SUPPORTED_DATA = ("PDE", "TimePDE")
 INSTALL_HINT = "install it with `pip install 'pinnlsr[deepxde]'` (or `pip install deepxde`)"
@@ -111,8 +115,9 @@ def _check_model(dde, model) -> None:
     data = getattr(model, "data", None)
     kind = type(data).__name__
     if not isinstance(data, dde.data.PDE):  # TimePDE is a subclass
-        extra = (" (physics-informed DeepONets: per-instance refinement of PDEOperatorCartesianProd "
-                 "is not implemented in this interop yet)" if "Operator" in kind else "")
+        extra = (" (physics-informed DeepONets from dde.data.PDEOperatorCartesianProd: refine one input "
+                 "function at a time with pinnlsr.interop.deepxde_operator.refine_instance)"
+                 if "Operator" in kind else "")
         raise TypeError(
             f"model.data is a {kind}; pinnlsr.interop.deepxde supports dde.data."
             f"{' and dde.data.'.join(SUPPORTED_DATA)} only{extra}"
@@ -151,6 +156,22 @@ def _loss_name(model) -> str | None:
 # --------------------------------------------------------------------------------------
 # the refinement problem
 # --------------------------------------------------------------------------------------
+def refinement_notes(model, dtype: torch.dtype) -> list[str]:
+    """What the refinement of ``model`` in ``dtype`` changes or assumes; a ValueError for a
+    loss other than the mean squared error."""
+    notes = []
+    src_dtype = next(model.net.parameters()).dtype
+    if src_dtype != dtype:
+        notes.append(f"model.net is {src_dtype}; refining a {dtype} copy")
+    loss = _loss_name(model)
+    if loss is not None and loss != "mean_squared_error":
+        raise ValueError(f"the model was compiled with loss {loss!r}; LSR refines the mean-squared loss only "
+                         "(compile with loss='MSE')")
+    if loss is None:
+        notes.append("could not read the compiled loss; assuming 'MSE' (DeepXDE's default)")
+    return notes
+
+
 class DeepXDEProblem:
     """The weighted residual of a compiled ``dde.Model`` as a function of a float64 copy of its net.
 
@@ -160,25 +181,22 @@ class DeepXDEProblem:
 
     ``anchors`` (k, d): extra PDE points for the refinement only, appended after the training
     points (``model.data`` is not changed); the BC points stay DeepXDE's.
+
+    ``chunk``: PDE points per block when the dense Jacobian is formed. When ``pde(x, y)`` is
+    pointwise (row j depends on point j only, checked on the values at construction unless
+    ``pointwise`` is given), G is built block by block: the BC rows from the BC points, the PDE
+    rows from ``chunk`` points at a time, so its cost grows like n·chunk instead of n².
     """
 
     def __init__(self, model, dtype: torch.dtype = torch.float64, device=None,
-                 loss_weights: Sequence[float] | None = None, anchors=None):
+                 loss_weights: Sequence[float] | None = None, anchors=None, chunk: int = 64,
+                 pointwise: bool | None = None):
         dde = import_deepxde()
         _check_model(dde, model)
         self.dde, self.model, self.data = dde, model, model.data
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else next(model.net.parameters()).device
-        self.notes: list[str] = []
-        src_dtype = next(model.net.parameters()).dtype
-        if src_dtype != dtype:
-            self.notes.append(f"model.net is {src_dtype}; refining a {dtype} copy")
-        loss = _loss_name(model)
-        if loss is not None and loss != "mean_squared_error":
-            raise ValueError(f"the model was compiled with loss {loss!r}; LSR refines the mean-squared loss only "
-                             "(compile with loss='MSE')")
-        if loss is None:
-            self.notes.append("could not read the compiled loss; assuming 'MSE' (DeepXDE's default)")
+        self.notes = refinement_notes(model, dtype)
         if getattr(model, "external_trainable_variables", None):
             self.notes.append("external trainable variables are held fixed")
         if getattr(model.net, "regularizer", None):
@@ -203,6 +221,11 @@ class DeepXDEProblem:
         if data.auxiliary_var_fn is not None:
             aux = data.train_aux_vars if anchors is None else data.auxiliary_var_fn(self.X_np)
             self.aux = torch.as_tensor(np.asarray(aux), dtype=dtype, device=self.device)
+        self._finish_setup(model, loss_weights, chunk, pointwise)
+
+    def _finish_setup(self, model, loss_weights, chunk: int, pointwise: bool | None) -> None:
+        """Given net, spec, X_np, X, aux and data: checks, term names, weights, row sizes, blocks."""
+        data = self.data
         self.bcs_start = [int(v) for v in np.cumsum([0] + list(data.num_bcs))]
         with torch.no_grad():
             y = self.net(self.X[:1])
@@ -223,6 +246,30 @@ class DeepXDEProblem:
         self.sizes = [int(e.numel()) for e in errors]
         self.scales = [math.sqrt(w / s) if s else 0.0 for w, s in zip(weights, self.sizes)]
         self.n_rows = sum(self.sizes)
+        self._setup_blocks(chunk, pointwise)
+
+    def _setup_blocks(self, chunk: int, pointwise: bool | None) -> None:
+        """Row bookkeeping for point-chunked evaluation, and the check that pde(x, y) is pointwise."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be a positive number of points, got {chunk}")
+        self.chunk = int(chunk)
+        self.n_pde_terms = len(self.sizes) - len(self.data.bcs)
+        self.n_pde_points = int(self.X.shape[0]) - self.bcs_start[-1]
+        self.n_pde_rows = sum(self.sizes[: self.n_pde_terms])
+        self._per_point = [s // max(self.n_pde_points, 1) for s in self.sizes[: self.n_pde_terms]]
+        self._offsets = [int(v) for v in np.cumsum([0] + self.sizes)]
+        if pointwise is None:
+            f_full = self.residual().detach()
+            try:
+                f_blk = self._blocked_residual(None)
+                tol = 100 * math.sqrt(torch.finfo(self.dtype).eps) * max(float(f_full.abs().max()), 1e-300)
+                pointwise = bool(f_blk.shape == f_full.shape and float((f_blk - f_full).abs().max()) <= tol)
+            except (IndexError, ValueError, RuntimeError):
+                pointwise = False
+            if not pointwise:
+                self.notes.append("pde(x, y) is not pointwise (its values on a subset of the points differ): "
+                                  "Jacobians by full-graph reverse mode (slower), no validation points")
+        self.pointwise = bool(pointwise)
 
     # ---- checks ----
     def _check_components(self) -> None:
@@ -257,29 +304,80 @@ class DeepXDEProblem:
         return errors
 
     # ---- evaluation ----
+    def _outputs(self, net: Callable, params: dict | None, x: torch.Tensor) -> torch.Tensor:
+        return net(x) if params is None else functional_call(net, params, (x,))
+
+    def _pde_outputs(self, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None) -> list[torch.Tensor]:
+        """pde(x, y[, aux]) as a list, one row per point of x (not sliced)."""
+        pde = self.data.pde
+        if pde is None:
+            return []
+        f = pde(x, y) if aux is None else pde(x, y, aux)
+        return list(f) if isinstance(f, (list, tuple)) else [f]
+
+    def _bc_errors(self, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each BC's error; x, y cover (at least) the BC points, in DeepXDE's order."""
+        bs = self.bcs_start
+        return [bc.error(self.X_np, x, y, bs[i], bs[i + 1]) for i, bc in enumerate(self.data.bcs)]
+
     def errors(self, net: Callable, params: dict | None = None, x: torch.Tensor | None = None) -> list[torch.Tensor]:
         """DeepXDE's loss errors e_i, in order (PDE outputs on the PDE points, then each BC), for the
         network ``net`` (with ``params`` substituted via functional_call when given)."""
-        dde, data = self.dde, self.data
+        dde = self.dde
         x = (self.X if x is None else x).detach().clone().requires_grad_(True)
         dde.grad.clear()
         try:
-            y = net(x) if params is None else functional_call(net, params, (x,))
-            f = []
-            if data.pde is not None:
-                if self.aux is not None:
-                    f = data.pde(x, y, self.aux)
-                else:
-                    f = data.pde(x, y)
-                if not isinstance(f, (list, tuple)):
-                    f = [f]
+            y = self._outputs(net, params, x)
             nb = self.bcs_start[-1]
-            out = [fi[nb:] for fi in f]
-            for i, bc in enumerate(data.bcs):
-                out.append(bc.error(self.X_np, x, y, self.bcs_start[i], self.bcs_start[i + 1]))
+            out = [fi[nb:] for fi in self._pde_outputs(x, y, self.aux)]
+            out += self._bc_errors(x, y, self.aux)
         finally:
             dde.grad.clear()
         return out
+
+    def _pde_block(self, params: dict | None, lo: int, hi: int, X: torch.Tensor | None = None,
+                   aux: torch.Tensor | None = None, scales: Sequence[float] | None = None) -> torch.Tensor:
+        """Scaled PDE rows of the PDE points lo:hi, term by term (pointwise pde only). With ``X``:
+        of the points X[lo:hi] (and ``aux`` rows), scaled by ``scales``."""
+        if X is None:
+            nb = self.bcs_start[-1]
+            X, aux = self.X[nb:], (None if self.aux is None else self.aux[nb:])
+        x = X[lo:hi].detach().clone().requires_grad_(True)
+        a = None if aux is None else aux[lo:hi]
+        self.dde.grad.clear()
+        try:
+            f = self._pde_outputs(x, self._outputs(self.net, params, x), a)
+        finally:
+            self.dde.grad.clear()
+        scales = self.scales if scales is None else scales
+        return torch.cat([s * e.reshape(-1) for s, e in zip(scales, f)]) if f else x.new_zeros(0)
+
+    def _bc_block(self, params: dict | None) -> torch.Tensor:
+        """Scaled BC rows, from the BC points only."""
+        nb = self.bcs_start[-1]
+        if not self.data.bcs:
+            return self.X.new_zeros(0)
+        x = self.X[:nb].detach().clone().requires_grad_(True)
+        aux = None if self.aux is None else self.aux[:nb]
+        self.dde.grad.clear()
+        try:
+            errs = self._bc_errors(x, self._outputs(self.net, params, x), aux)
+        finally:
+            self.dde.grad.clear()
+        return torch.cat([s * e.reshape(-1) for s, e in zip(self.scales[self.n_pde_terms:], errs)])
+
+    def _block_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Indices in f of the PDE rows of PDE points lo:hi (the order of :meth:`_pde_block`)."""
+        return torch.cat([torch.arange(off + lo * c, off + hi * c)
+                          for off, c in zip(self._offsets, self._per_point)])
+
+    def _blocked_residual(self, params: dict | None) -> torch.Tensor:
+        f = torch.empty(self.n_rows, dtype=self.dtype, device=self.device)
+        for lo in range(0, self.n_pde_points, self.chunk):
+            hi = min(lo + self.chunk, self.n_pde_points)
+            f[self._block_rows(lo, hi).to(self.device)] = self._pde_block(params, lo, hi).detach()
+        f[self.n_pde_rows:] = self._bc_block(params).detach()
+        return f
 
     def residual(self, net: Callable | None = None, params: dict | None = None) -> torch.Tensor:
         """The stacked weighted residual f (n_rows,): ||f||² = DeepXDE's weighted training loss."""
@@ -328,10 +426,67 @@ class DeepXDEProblem:
                 out.append(g.T)
         return torch.cat(out, dim=1).detach()
 
+    @staticmethod
+    def _rows_grad(f: torch.Tensor, th: torch.Tensor, batch: int) -> torch.Tensor:
+        """d f / d th (len(f), m) by reverse mode on rows of the identity, ``batch`` rows per pass."""
+        out = []
+        for start in range(0, f.numel(), batch):
+            stop = min(start + batch, f.numel())
+            eye = torch.zeros(stop - start, f.numel(), dtype=f.dtype, device=f.device)
+            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            (g,) = torch.autograd.grad(f, th, eye, retain_graph=stop < f.numel(), is_grads_batched=True)
+            out.append(g)
+        return torch.cat(out) if out else th.new_zeros(0, th.numel())
+
     def jacobian(self, theta: torch.Tensor, batch: int = 64) -> torch.Tensor:
-        """Dense G (n_rows, m) at θ, by reverse mode on rows of the identity."""
-        eye = torch.eye(self.n_rows, dtype=theta.dtype, device=theta.device)
-        return self.vjp(theta, eye, batch=batch).T.contiguous()
+        """Dense G (n_rows, m) at θ by reverse mode on rows of the identity; block by block (the BC
+        rows, then ``chunk`` PDE points at a time) when the pde is pointwise."""
+        if not self.pointwise:
+            eye = torch.eye(self.n_rows, dtype=theta.dtype, device=theta.device)
+            return self.vjp(theta, eye, batch=batch).T.contiguous()
+        th = theta.detach().clone().requires_grad_(True)
+        G = torch.empty(self.n_rows, th.numel(), dtype=theta.dtype, device=theta.device)
+        for lo in range(0, self.n_pde_points, self.chunk):
+            hi = min(lo + self.chunk, self.n_pde_points)
+            f = self._pde_block(self.spec.unflatten(th), lo, hi)
+            G[self._block_rows(lo, hi).to(G.device)] = self._rows_grad(f, th, batch)
+        if self.n_rows > self.n_pde_rows:
+            G[self.n_pde_rows:] = self._rows_grad(self._bc_block(self.spec.unflatten(th)), th, batch)
+        return G
+
+    # ---- validation points ----
+    def aux_at(self, X: np.ndarray) -> torch.Tensor | None:
+        """The auxiliary variables at points X (k, d) (``data.auxiliary_var_fn``), or None."""
+        fn = self.data.auxiliary_var_fn
+        if fn is None:
+            return None
+        return torch.as_tensor(np.asarray(fn(X)), dtype=self.dtype, device=self.device)
+
+    def sample_pde_points(self, n: int, seed: int = 0) -> np.ndarray:
+        """n fresh points of ``data.geom`` (k = n, d), drawn with a seeded NumPy generator (NumPy's
+        global random state, which DeepXDE's samplers use, is restored afterwards)."""
+        state = np.random.get_state()
+        try:
+            np.random.seed(seed)
+            pts = self.data.geom.random_points(int(n))
+        finally:
+            np.random.set_state(state)
+        return np.asarray(pts, dtype=np.float64)
+
+    def validation_residual(self, theta: torch.Tensor, X: np.ndarray, aux: torch.Tensor | None = None) -> float:
+        """||f_val|| at θ: the PDE terms on the points X (k, d), weighted like the training terms
+        (sqrt(w_i/k)), stacked with the training BC rows. Needs a pointwise pde."""
+        if not self.pointwise:
+            raise ValueError("validation points need a pointwise pde(x, y); this problem's is not")
+        Xt = torch.as_tensor(np.asarray(X), dtype=self.dtype, device=self.device)
+        aux = self.aux_at(np.asarray(X)) if aux is None else aux
+        k = Xt.shape[0]
+        scales = [math.sqrt(w / (k * c)) for w, c in zip(self.weights, self._per_point)]
+        params = self.spec.unflatten(theta.detach())
+        parts = [self._pde_block(params, lo, min(lo + 4 * self.chunk, k), Xt, aux, scales).detach()
+                 for lo in range(0, k, 4 * self.chunk)]
+        parts.append(self._bc_block(params).detach())
+        return _norm(torch.cat(parts))
 
     # ---- reference errors ----
     def reference(self):
@@ -473,61 +628,115 @@ def refine(model, *, rank: int | None = None, subspace: str = "svd", oversamplin
     return DeepXDERefinement(predictor, network, prob, "lsr", diag)
 
 
-def gauss_newton(model, *, iterations: int = 20, rcond: float = 1e-12, damping: float = 1e-8,
+def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: float = 1e-3,
                  dtype: torch.dtype = torch.float64, device=None, loss_weights: Sequence[float] | None = None,
                  anchors=None, reference=None, problem: DeepXDEProblem | None = None, tol: float = 0.0,
+                 validation=2000, seed: int = 0, patience: int = 10, max_seconds: float | None = None,
                  callback: Callable | None = None) -> DeepXDERefinement:
-    """Parameter-space Gauss–Newton (Levenberg–Marquardt) on the DeepXDE residual; ``model`` is
-    not modified. Each step: dense G by reverse mode, SVD, δ = −Σ_k σ_k/(σ_k² + λ²) w_k u_kᵀ f
-    (σ_k > rcond·σ_max), λ = damping·σ_max, raised ×4 until ||f|| decreases, lowered ×3 after a
-    success. Returns the refined network (predictor = network), history per iteration."""
+    """Levenberg–Marquardt on the DeepXDE residual in parameter space; ``model`` is not modified.
+
+    Each iteration forms the dense G (n_rows, m) once and its SVD G = U S Wᵀ (σ_k > rcond·σ_max
+    kept); a trial step for damping μ is δ = −W diag(σ/(σ² + μ)) Uᵀ f, whose predicted decrease of
+    ||f||² is Σ b_k² (2q_k − q_k²), b = Uᵀ f, q = σ²/(σ² + μ). A step is accepted only when it
+    lowers ||f||; μ follows Nielsen's rule (μ ← μ·max(1/3, 1 − (2ρ − 1)³) after a success with
+    gain ratio ρ, μ ← ν·μ, ν ← 2ν after a failure), starting at μ = damping·σ_max².
+
+    ``validation``: fresh PDE points (a count drawn from ``data.geom`` with ``seed``, or an array
+    (k, d); 0/None: none). The state returned is the one with the lowest validation residual
+    (PDE terms on those points plus the BC rows), so the refinement cannot over-fit the training
+    points unseen; it stops after ``patience`` accepted steps without a new best, when no damping
+    gives a decrease, when ||f|| <= tol, or after ``max_seconds``. Returns the network at that state
+    (predictor = network) and the history per iteration.
+    """
     t_start = time.perf_counter()
     prob = problem or DeepXDEProblem(model, dtype=dtype, device=device, loss_weights=loss_weights, anchors=anchors)
     reference = reference if reference is not None else prob.reference()
     net = copy.deepcopy(prob.net)
     theta = prob.theta()
     f = prob.residual_at(theta)
-    lam_rel = damping
-    history = []
     diag = {"residual_before": _norm(f), "terms_before": dict(zip(prob.term_names, prob.term_losses()))}
     for key, v in _errors_vs(prob, prob.net, reference).items():
         diag[f"{key}_before"] = v
+    X_val = None
+    if validation is not None and not (isinstance(validation, int) and validation <= 0):
+        if not prob.pointwise:
+            prob.notes.append("validation points skipped: the pde is not pointwise")
+        else:
+            X_val = (prob.sample_pde_points(validation, seed) if isinstance(validation, int)
+                     else np.asarray(validation, dtype=np.float64))
+    aux_val = prob.aux_at(X_val) if X_val is not None else None
+    score = (lambda th, fv: prob.validation_residual(th, X_val, aux_val)) if X_val is not None else (
+        lambda th, fv: _norm(fv))
+    best = {"theta": theta.clone(), "score": score(theta, f), "iteration": 0}
+    diag["validation_before"] = best["score"] if X_val is not None else None
+    mu, nu = None, 2.0
+    history, since_best, stop = [], 0, "iterations"
     for it in range(iterations):
         t = time.perf_counter()
         G = prob.jacobian(theta)
         with no_tf32():
             U, S, Wh = torch.linalg.svd(G, full_matrices=False)
+        del G
         keep = S > rcond * S[0]
-        Uk, Sk, Wk = U[:, keep], S[keep], Wh[keep].T
-        b = Uk.T @ f
-        accepted = False
-        for _ in range(25):
-            lam = lam_rel * S[0]
-            step = -(Wk @ (Sk / (Sk**2 + lam**2) * b))
+        Sk, Wk = S[keep], Wh[keep].T
+        b = U[:, keep].T @ f
+        del U
+        if mu is None:
+            mu = damping * float(S[0]) ** 2
+        fn2 = float(f @ f)
+        accepted, tries, rho = False, 0, float("nan")
+        while tries < 40:
+            tries += 1
+            q = Sk**2 / (Sk**2 + mu)
+            step = -(Wk @ (Sk / (Sk**2 + mu) * b))
+            predicted = float((b**2 * (2 * q - q**2)).sum())
             f_new = prob.residual_at(theta + step)
-            if torch.isfinite(f_new).all() and _norm(f_new) < _norm(f):
+            fn2_new = float(f_new @ f_new) if torch.isfinite(f_new).all() else float("inf")
+            if fn2_new < fn2:
+                rho = (fn2 - fn2_new) / max(predicted, 1e-300)
                 accepted = True
                 break
-            lam_rel *= 4.0
-        rec = {"iteration": it + 1, "residual": _norm(f_new) if accepted else _norm(f), "damping": lam_rel,
-               "accepted": accepted, "rank_used": int(keep.sum()), "seconds": time.perf_counter() - t}
+            mu, nu = mu * nu, nu * 2.0
         if accepted:
             theta, f = theta + step, f_new
-            lam_rel = max(lam_rel / 3.0, 1e-15)
-        if reference is not None and (callback is not None or it == iterations - 1):
+            mu, nu = mu * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 2.0
+        rec = {"iteration": it + 1, "residual": _norm(f), "accepted": accepted, "tries": tries,
+               "damping": mu / float(S[0]) ** 2, "gain_ratio": rho, "rank_used": int(keep.sum()),
+               "seconds": time.perf_counter() - t}
+        if accepted:
+            val = score(theta, f)
+            rec["validation"] = val if X_val is not None else None
+            if val < best["score"]:
+                best, since_best = {"theta": theta.clone(), "score": val, "iteration": it + 1}, 0
+            else:
+                since_best += 1
+        if reference is not None and callback is not None:
             prob.spec.assign(net, theta)
             rec.update(_errors_vs(prob, net, reference))
         history.append(rec)
         if callback is not None:
             callback(rec)
-        if not accepted or _norm(f) <= tol:
+        if not accepted:
+            stop = "no damping lowered the residual"
             break
-    prob.spec.assign(net, theta)
+        if _norm(f) <= tol:
+            stop = "tol"
+            break
+        if since_best >= patience:
+            stop = f"{patience} steps without a better validation residual"
+            break
+        if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
+            stop = "max_seconds"
+            break
+    prob.spec.assign(net, best["theta"])
     for p in net.parameters():
         p.requires_grad_(True)
     diag.update({
-        "method": "gauss_newton", "iterations": len(history), "n_rows": prob.n_rows, "n_params": theta.numel(),
-        "dtype": str(prob.dtype).replace("torch.", ""), "residual_after": _norm(f),
+        "method": "gauss_newton", "iterations": len(history), "best_iteration": best["iteration"],
+        "stopped": stop, "validation_points": 0 if X_val is None else int(X_val.shape[0]),
+        "validation_after": best["score"] if X_val is not None else None,
+        "n_rows": prob.n_rows, "n_params": theta.numel(), "dtype": str(prob.dtype).replace("torch.", ""),
+        "residual_after": _norm(prob.residual_at(best["theta"])),
         "terms_after": dict(zip(prob.term_names, prob.term_losses(net))), "notes": list(prob.notes),
     })
     for key, v in _errors_vs(prob, net, reference).items():
