@@ -39,6 +39,9 @@ class MLP(nn.Module):
         input_lower, input_upper: optional box of the inputs; if given, inputs are mapped affinely
             to [-1, 1]^d before the first layer (a fixed buffer, not a parameter).
         generator: seeds the Xavier-normal initialisation (biases start at zero).
+        first_layer_scale: multiplies the first layer's initial weights (the frequency scale ω0
+            of SIREN-style sine networks): > 1 starts the network with finer features, which
+            multiscale solutions need (see problems/poisson2d_hard.py).
     """
 
     def __init__(
@@ -52,10 +55,13 @@ class MLP(nn.Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
+        first_layer_scale: float = 1.0,
     ):
         super().__init__()
         if in_dim < 1 or out_dim < 1 or any(w < 1 for w in widths):
             raise ValueError(f"MLP: dimensions must be positive, got in={in_dim}, out={out_dim}, widths={widths}")
+        if not first_layer_scale > 0:
+            raise ValueError(f"MLP: first_layer_scale must be positive, got {first_layer_scale}")
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(f"MLP: unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -68,6 +74,9 @@ class MLP(nn.Module):
             linear = nn.Linear(sizes[i], sizes[i + 1], dtype=dtype, device=device)
             nn.init.xavier_normal_(linear.weight, generator=generator)
             nn.init.zeros_(linear.bias)
+            if i == 0 and first_layer_scale != 1.0:
+                with torch.no_grad():
+                    linear.weight.mul_(first_layer_scale)
             layers.append(linear)
             if i < len(sizes) - 2:
                 layers.append(make_activation())

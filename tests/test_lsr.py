@@ -238,3 +238,15 @@ def test_lsr_warns_when_the_predictor_residual_grows():
     with pytest.warns(RuntimeWarning, match="raised the residual of the predictor"):
         res = lsr(Cubic(), model, compute_errors=False)
     assert res.diagnostics["residual_after"] > res.diagnostics["residual_before"]
+
+
+def test_mlp_first_layer_scale_multiplies_only_the_first_weights():
+    plain = MLP(2, 1, (7, 5), "sin", generator=torch.Generator().manual_seed(3))
+    scaled = MLP(2, 1, (7, 5), "sin", generator=torch.Generator().manual_seed(3), first_layer_scale=4.0)
+    a, b = dict(plain.named_parameters()), dict(scaled.named_parameters())
+    assert torch.equal(b["net.0.weight"], 4.0 * a["net.0.weight"])
+    for name in a:
+        if name != "net.0.weight":
+            assert torch.equal(a[name], b[name])
+    with pytest.raises(ValueError, match="first_layer_scale"):
+        MLP(2, 1, (7,), first_layer_scale=0.0)
