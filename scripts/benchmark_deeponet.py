@@ -2,6 +2,7 @@
 
 For each problem: pretrain (or reuse ``OUT/NAME/model.pt`` with ``--reuse``), evaluate on
 ``--n-test`` test functions, choose the rank by a scan (or ``--rank``), refine each function by LSR
+(then by tangent Gauss–Newton steps where the problem's defaults ask for them: Burgers, 4 steps)
 and collect ``metrics.json``. Prints a Markdown table with the sizes used, and writes it to
 ``OUT/table.md``. CPU-sized defaults (single thread):
 
