@@ -163,11 +163,12 @@ def run(problem: OperatorProblem, args) -> dict:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         if not args.no_plot:
-            try:
-                metrics["figures"] = plot_instances(problem, test, sensors, refs, net, out["models"], err0, err1, out_dir,
-                                                    "LSR + Gauss–Newton" if gn else "LSR")
-            except Exception as exc:  # figures never cost the numbers
-                print(f"warning: figures not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+            from .plotting import draw_safely
+
+            figures = draw_safely(lambda: plot_instances(problem, test, sensors, refs, net, out["models"], err0, err1,
+                                                         out_dir, "LSR + Gauss–Newton" if gn else "LSR"))
+            if figures is not None:
+                metrics["figures"] = figures
         atomic_write_json(out_dir / "metrics.json", metrics)
         print(f"wrote {out_dir / 'metrics.json'}")
     return metrics

@@ -21,7 +21,8 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+import sys
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import matplotlib
@@ -73,6 +74,18 @@ _STYLE: dict[str, Any] = {
 FIELD_CMAP = "viridis"
 ERROR_CMAP = "inferno"
 
+
+
+_T = TypeVar("_T")
+
+
+def draw_safely(draw: Callable[[], _T]) -> _T | None:
+    """``draw()``, or None after a warning on stderr if it fails: a figure never costs a run its numbers."""
+    try:
+        return draw()
+    except Exception as exc:
+        print(f"warning: figure not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
 
 def _style():
     """Context manager applying the module style (nothing leaks out)."""

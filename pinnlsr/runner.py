@@ -201,10 +201,9 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
         write_predictions(out / "predictions.npz", x.cpu().numpy(), u.cpu().numpy(), preds)
     atomic_write_json(out / "metrics.json", metrics)
     if not args.no_plot:
-        try:
-            rebuild_report(out)
-        except Exception as exc:  # a figure must never cost the numbers
-            print(f"warning: figures not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from .plotting import draw_safely
+
+        draw_safely(lambda: rebuild_report(out))
     else:
         atomic_write_text(out / "summary.md", summary_markdown(metrics, config, []))
     print(f"wrote {out / 'metrics.json'}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from pinnlsr.io import atomic_write_json, load_antiderivative
 from pinnlsr.metrics import predict
 from pinnlsr.models import ParamSpec
 from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.plotting import draw_safely, plot_error_per_instance
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan
 from pinnlsr.runner import DTYPES, run_guarded
 
@@ -234,14 +234,12 @@ def run(args: argparse.Namespace) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)
         ckpt.save_state_dict(net, args.out / "model.pt")
         if not args.no_plot:
-            try:
-                from pinnlsr.plotting import plot_error_per_instance
-
-                metrics["figure"] = plot_rank_scan(result.scan, args.out / "rank_scan.png", title=problem.name).name
-                plot_error_per_instance(before.numpy(), after.numpy(), args.out / "error_per_instance.png",
-                                        title=f"{problem.name}: test functions")
-            except Exception as exc:  # a figure must never cost the numbers
-                print(f"warning: figure not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+            path = draw_safely(lambda: plot_rank_scan(result.scan, args.out / "rank_scan.png", title=problem.name))
+            if path is not None:
+                metrics["figure"] = path.name
+            draw_safely(lambda: plot_error_per_instance(before.numpy(), after.numpy(),
+                                                        args.out / "error_per_instance.png",
+                                                        title=f"{problem.name}: test functions"))
         atomic_write_json(args.out / "metrics.json", metrics)
         print(f"wrote {args.out / 'metrics.json'}")
     return metrics

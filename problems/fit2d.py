@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pinnlsr.io import atomic_write_json
 from pinnlsr.metrics import model_errors
 from pinnlsr.models import MLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.plotting import draw_safely
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
 from pinnlsr.runner import DTYPES, _residual_norm, _stage, print_table, run_guarded
 from pinnlsr.train import train_adam
@@ -133,10 +133,9 @@ def run(args: argparse.Namespace) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)
         ckpt.save_state_dict(model, args.out / "model.pt")
         if not args.no_plot:
-            try:
-                metrics["figure"] = plot_rank_scan(result.scan, args.out / "rank_scan.png", title="fit2d").name
-            except Exception as exc:  # a figure must never cost the numbers
-                print(f"warning: figure not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+            path = draw_safely(lambda: plot_rank_scan(result.scan, args.out / "rank_scan.png", title="fit2d"))
+            if path is not None:
+                metrics["figure"] = path.name
         atomic_write_json(args.out / "metrics.json", metrics)
         print(f"wrote {args.out / 'metrics.json'}")
     return metrics

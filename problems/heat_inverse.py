@@ -38,6 +38,7 @@ from pinnlsr.models import MLP, LinearizedModel, ParamSpec
 from pinnlsr.residual import residual_rows
 from pinnlsr.solvers import solve
 from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.plotting import draw_safely
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
 from pinnlsr.runner import DTYPES, _residual_norm, _stage, run_guarded
 from pinnlsr.train import train_adam
@@ -245,11 +246,10 @@ def run_noise(args, noise: float) -> tuple[list[dict], dict]:
                "rel_l2_a_max_rank": scan.test_errors["rel_l2_a"][-1],
                "seconds_adam": adam["seconds"], "seconds_lsr": sum(s["seconds"] for s in stages[1:])}
     if args.out is not None and not args.no_plot:
-        try:
-            path = plot_rank_scan(scan, args.out / f"rank_scan_noise{noise:g}.png", title=f"heat_inverse, σ = {noise:g}")
+        path = draw_safely(lambda: plot_rank_scan(scan, args.out / f"rank_scan_noise{noise:g}.png",
+                                                  title=f"heat_inverse, σ = {noise:g}"))
+        if path is not None:
             lsr_stage["figure"] = path.name
-        except Exception as exc:  # a figure must never cost the numbers
-            print(f"warning: figure not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     return stages, summary
 
 

@@ -322,3 +322,15 @@ def test_no_global_state_change(tmp_path):
     after = dict(matplotlib.rcParams)
     changed = {k for k in before if str(before[k]) != str(after[k])}
     assert not changed
+
+
+def test_draw_safely_returns_the_figure_or_warns(capsys):
+    from pinnlsr.plotting import draw_safely
+
+    assert draw_safely(lambda: "fig.png") == "fig.png"
+
+    def broken():
+        raise RuntimeError("no display")
+
+    assert draw_safely(broken) is None
+    assert "figure not written: RuntimeError: no display" in capsys.readouterr().err
