@@ -19,8 +19,11 @@ from .models import ParamSpec
 from .residual import residual_rows
 from .train import train_adam, train_lbfgs
 
-FULL = dict(adam_steps=5000, lbfgs_steps=500, outer=8, gn_iters=10, align_iterations=300, rank=None)
-QUICK = dict(adam_steps=100, lbfgs_steps=5, outer=1, gn_iters=2, align_iterations=5, rank=None, points=0.03)
+FULL = dict(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, outer=8, gn_iters=10,
+            align_iterations=300, rank=None)
+QUICK = dict(adam_steps=100, lbfgs_steps=5, lr=3e-3, final_lr=1e-4, outer=1, gn_iters=2, align_iterations=5,
+             rank=None, points=0.03)
+PROBES = 20  # convergence-history points per training phase
 
 
 def residual_norm(problem, model, points) -> float:
@@ -29,34 +32,37 @@ def residual_norm(problem, model, points) -> float:
         return float(rows.values(ParamSpec.of(model).flatten(model), check=False).norm())
 
 
-def probe(problem, model, points, t0, it) -> dict:
-    return {"iteration": it, "seconds": time.perf_counter() - t0, "residual": residual_norm(problem, model, points),
-            **model_errors(problem, model, torch.float64, "cpu")}
+def probe(problem, model, points) -> dict:
+    """Residual at ``points`` and errors against the reference of the current ``model``."""
+    return {"residual": residual_norm(problem, model, points), **model_errors(problem, model, torch.float64, "cpu")}
 
 
-def timed_training(kind, problem, model, points, seconds_min, steps_min, chunk, t_offset, it_offset, **kw):
-    """Run Adam/L-BFGS in chunks until both ``steps_min`` steps and ``seconds_min`` seconds are
-    done; a history point after each chunk."""
-    hist, t0, steps = [], time.perf_counter(), 0
-    while steps < steps_min or time.perf_counter() - t0 < seconds_min:
-        if kind == "adam":
-            train_adam(problem, model, points, chunk, progress=False, **kw)
-        else:
-            train_lbfgs(problem, model, points, chunk, progress=False)
-        steps += chunk
-        rec = probe(problem, model, points, t0, it_offset + steps)
-        rec["seconds"] += t_offset
-        hist.append(rec)
-    return hist, time.perf_counter() - t0
+def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log_every, max_seconds=None, **kw):
+    """One Adam or L-BFGS run of ``steps`` steps (or until ``max_seconds``), with a history point
+    every ``log_every`` steps and at the end; history seconds and iterations are offset by
+    ``t_offset`` and ``it_offset``. Returns (history, seconds)."""
+    hist, t0 = [], time.perf_counter()
+
+    def record(step, _loss):
+        hist.append({"iteration": it_offset + step + 1, **probe(problem, model, points),
+                     "seconds": t_offset + time.perf_counter() - t0})
+
+    train = train_adam if kind == "adam" else train_lbfgs
+    h = train(problem, model, points, steps, progress=False, log_every=log_every, callback=record,
+              max_seconds=max_seconds, **kw)
+    seconds = time.perf_counter() - t0
+    done = (h.step[-1] + 1) if h.step else 0
+    hist.append({"iteration": it_offset + done, **probe(problem, model, points), "seconds": t_offset + seconds})
+    return hist, seconds
 
 
 def compare_methods(problem, cfg: dict, seed: int) -> dict:
     """Adam, Adam + L-BFGS, one-shot LSR and Iterative LSR on one problem (see the module docstring).
 
-    ``cfg`` has adam_steps, lbfgs_steps, outer, gn_iters, align_iterations, rank and optionally
-    points (a fraction of every term's default point count). Returns {"problem", "n_params",
-    "n_points", "methods": {name: {rel_l2, residual, seconds, history: [...]}},
-    "ratio_baseline_over_ilsr"}."""
+    ``cfg`` has adam_steps, lr, final_lr (Adam's exponential schedule), lbfgs_steps, outer,
+    gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
+    point count). Returns {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2,
+    residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}."""
     name = problem.name
     if cfg.get("points"):
         counts = {t.name: max(8, int(t.n_points * cfg["points"])) for t in problem.terms() if t.n_points}
@@ -65,51 +71,57 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     model = problem.default_model(gen)
     points = problem.sample_points(gen, counts=counts)
-    out = {"problem": name, "n_params": ParamSpec.of(model).numel,
+    out = {"problem": name, "n_params": ParamSpec.of(model).numel, "config": dict(cfg),
            "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "methods": {}}
-    t0 = time.perf_counter()
-    hist = [probe(problem, model, points, t0, 0)]
-    adam_hist, adam_s = timed_training("adam", problem, model, points, 0, cfg["adam_steps"],
-                                       max(1, cfg["adam_steps"] // 20), 0.0, 0, lr=3e-3, final_lr=3e-3)
+    n_adam, n_lbfgs = cfg["adam_steps"], cfg["lbfgs_steps"]
+    hist = [{"iteration": 0, "seconds": 0.0, **probe(problem, model, points)}]
+    adam_hist, adam_s = timed_training("adam", problem, model, points, n_adam, 0.0, 0,
+                                       max(1, n_adam // PROBES), lr=cfg["lr"], final_lr=cfg["final_lr"])
     adam_state = ParamSpec.of(model).flatten(model).clone()
     out["methods"]["adam"] = {"history": hist + adam_hist, "seconds": adam_s, **adam_hist[-1]}
-    lb_hist, lb_s = timed_training("lbfgs", problem, model, points, 0, cfg["lbfgs_steps"],
-                                   max(1, cfg["lbfgs_steps"] // 10), adam_s, cfg["adam_steps"])
+    lb_s = 0.0
+    if n_lbfgs > 0:
+        lb_hist, lb_s = timed_training("lbfgs", problem, model, points, n_lbfgs, adam_s, n_adam,
+                                       max(1, n_lbfgs // PROBES))
+        out["methods"]["adam+lbfgs"] = {"history": lb_hist, "seconds": adam_s + lb_s, **lb_hist[-1]}
     lbfgs_state = ParamSpec.of(model).flatten(model).clone()
-    out["methods"]["adam+lbfgs"] = {"history": lb_hist, "seconds": adam_s + lb_s, **lb_hist[-1]}
+    base = adam_s + lb_s
 
     r = lsr(problem, model, points=points, rank=cfg["rank"], seed=seed)
     d = r.diagnostics
     out["methods"]["lsr"] = {"rel_l2": d.get("rel_l2_after"), "max_abs_err": d.get("max_abs_err_after"),
-                             "residual": d["residual_after"], "seconds": adam_s + lb_s + d["seconds"]["total"],
+                             "residual": d["residual_after"], "seconds": base + d["seconds"]["total"],
                              "rank": d["rank"],
-                             "history": [{"iteration": cfg["adam_steps"] + cfg["lbfgs_steps"] + 1,
-                                          "seconds": adam_s + lb_s + d["seconds"]["total"],
+                             "history": [{"iteration": n_adam + n_lbfgs + 1,
+                                          "seconds": base + d["seconds"]["total"],
                                           "residual": d["residual_after"], "rel_l2": d.get("rel_l2_after")}]}
     t = time.perf_counter()
     res = iterative_lsr(problem, model, outer_iterations=cfg["outer"], points=points, rank=cfg["rank"],
                         gn_iterations=cfg["gn_iters"], align_iterations=cfg["align_iterations"], seed=seed)
     ilsr_s = time.perf_counter() - t
-    base = adam_s + lb_s
-    ih = [{"iteration": cfg["adam_steps"] + cfg["lbfgs_steps"] + h["iteration"], "seconds": base + h["seconds"],
+    ih = [{"iteration": n_adam + n_lbfgs + h["iteration"], "seconds": base + h["seconds"],
            "residual": h["residual"], "rel_l2": h.get("rel_l2"), "accepted": h.get("accepted")} for h in res.history]
     best = res.history[res.best_iteration]
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
                               "residual": best["residual"], "seconds": base + ilsr_s, "history": ih,
                               "best_iteration": res.best_iteration}
-    # Equal-cost baselines: continue Adam (from the Adam state) and L-BFGS (from the L-BFGS state)
-    # for at least the time that L-BFGS + ILSR took beyond Adam.
+    # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning
+    # rate) for the time L-BFGS + ILSR took, and L-BFGS (from the L-BFGS state) for ILSR's time.
     spec = ParamSpec.of(model)
     spec.assign(model, adam_state)
+    rate = n_adam / max(adam_s, 1e-9)  # Adam steps per second, to space the history points
     extra = lb_s + ilsr_s
-    h, s = timed_training("adam", problem, model, points, extra, 0, max(1, cfg["adam_steps"] // 20), adam_s,
-                          cfg["adam_steps"], lr=3e-4, final_lr=3e-4)
+    h, s = timed_training("adam", problem, model, points, 10**9, adam_s, n_adam,
+                          max(1, int(rate * extra / PROBES)), max_seconds=extra,
+                          lr=cfg["final_lr"] or cfg["lr"], final_lr=None)
     out["methods"]["adam_long"] = {"history": h, "seconds": adam_s + s, **h[-1]}
     spec.assign(model, lbfgs_state)
-    h, s = timed_training("lbfgs", problem, model, points, ilsr_s, 0, max(1, cfg["lbfgs_steps"] // 10),
-                          base, cfg["adam_steps"] + cfg["lbfgs_steps"])
+    lb_rate = n_lbfgs / lb_s if n_lbfgs > 0 and lb_s > 0 else rate / 20
+    h, s = timed_training("lbfgs", problem, model, points, 10**9, base, n_adam + n_lbfgs,
+                          max(1, int(lb_rate * ilsr_s / PROBES)), max_seconds=ilsr_s)
     out["methods"]["lbfgs_long"] = {"history": h, "seconds": base + s, **h[-1]}
-    baseline = min(out["methods"][k]["rel_l2"] for k in ("adam", "adam+lbfgs", "adam_long", "lbfgs_long"))
+    baselines = [k for k in ("adam", "adam+lbfgs", "adam_long", "lbfgs_long") if k in out["methods"]]
+    baseline = min(out["methods"][k]["rel_l2"] for k in baselines)
     out["ratio_baseline_over_ilsr"] = baseline / out["methods"]["ilsr"]["rel_l2"]
     return out
 

@@ -52,12 +52,15 @@ def train_adam(
     progress: bool | None = None,
     log_every: int = 100,
     callback: Callable[[int, float], None] | None = None,
+    max_seconds: float | None = None,
 ) -> TrainHistory:
     """Adam on the problem loss at fixed ``points`` ({term: (n, d)}), in place on ``model``.
 
-    The learning rate decays exponentially from ``lr`` to ``final_lr`` (constant if None). The
-    model ends at the best parameters seen (a diverging run never leaves a worse model behind).
-    Returns the loss history (every ``log_every`` steps and the last one).
+    The learning rate decays exponentially from ``lr`` to ``final_lr`` (constant if None) over
+    ``steps``. The model ends at the best parameters seen (a diverging run never leaves a worse
+    model behind). Returns the loss history (every ``log_every`` steps and the last one), and
+    calls ``callback(step, loss)`` at those steps. ``max_seconds`` stops the run at the first
+    logged step after that much wall time (equal-time comparisons).
     """
     if steps < 0:
         raise ValueError(f"Adam steps must be >= 0, got {steps}")
@@ -92,6 +95,8 @@ def train_adam(
             bar.set_postfix(loss=f"{lv:.3e}")
             if callback:
                 callback(step, lv)
+            if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                break
         bar.update(1)
     bar.close()
     final = float(rows.values(spec.flatten(model), check=False).square().sum())
@@ -114,11 +119,13 @@ def train_lbfgs(
     history_size: int = 50,
     progress: bool | None = None,
     log_every: int = 50,
+    callback: Callable[[int, float], None] | None = None,
+    max_seconds: float | None = None,
 ) -> TrainHistory:
     """``torch.optim.LBFGS`` with strong-Wolfe line search on the problem loss, in place.
 
     Runs ``iterations`` outer steps of at most 20 function evaluations each and keeps the best
-    parameters seen."""
+    parameters seen; ``callback`` and ``max_seconds`` as in :func:`train_adam`."""
     if iterations < 0:
         raise ValueError(f"L-BFGS iterations must be >= 0, got {iterations}")
     spec = ParamSpec.of(model)
@@ -151,6 +158,10 @@ def train_lbfgs(
             hist.loss.append(lv)
             hist.seconds.append(time.perf_counter() - start)
             bar.set_postfix(loss=f"{lv:.3e}")
+            if callback:
+                callback(it, lv)
+            if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                break
         bar.update(1)
     bar.close()
     final = float(rows.values(spec.flatten(model), check=False).square().sum())

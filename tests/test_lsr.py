@@ -250,3 +250,27 @@ def test_mlp_first_layer_scale_multiplies_only_the_first_weights():
             assert torch.equal(a[name], b[name])
     with pytest.raises(ValueError, match="first_layer_scale"):
         MLP(2, 1, (7,), first_layer_scale=0.0)
+
+
+def test_trainers_call_back_at_logged_steps_and_stop_at_max_seconds():
+    from pinnlsr.train import train_lbfgs
+
+    problem = Poisson2D(n_interior=64, n_boundary=32)
+    gen = torch.Generator().manual_seed(0)
+    model = MLP(2, 1, (8,), generator=gen, input_lower=(0, 0), input_upper=(1, 1))
+    points = problem.sample_points(gen)
+    seen = []
+    hist = train_adam(problem, model, points, 12, lr=1e-3, progress=False, log_every=5,
+                      callback=lambda step, loss: seen.append((step, loss)))
+    assert [s for s, _ in seen] == [0, 5, 10, 11] == hist.step
+    # max_seconds = 0 stops at the first logged step, however many steps were asked for
+    seen.clear()
+    hist = train_adam(problem, model, points, 10**6, progress=False, log_every=3, max_seconds=0.0,
+                      callback=lambda step, loss: seen.append(step))
+    assert seen == [0] and hist.step == [0]
+    before = float(residual_rows(problem, model, points).values(ParamSpec.of(model).flatten(model)).norm())
+    hist = train_lbfgs(problem, model, points, 10**6, progress=False, log_every=1, max_seconds=0.0,
+                       callback=lambda it, loss: seen.append(("lbfgs", it)))
+    assert seen[-1] == ("lbfgs", 0) and hist.step == [0]
+    after = float(residual_rows(problem, model, points).values(ParamSpec.of(model).flatten(model)).norm())
+    assert after < before

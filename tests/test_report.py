@@ -96,7 +96,14 @@ def test_cli_compare_quick(tmp_path):
     out = tmp_path / "cmp"
     assert cli_main(["compare", "poisson2d", "--quick", "--out", str(out)]) == 0
     result = json.loads((out / "compare.json").read_text())
-    assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long"} <= set(result["methods"])
+    methods = result["methods"]
+    assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long"} <= set(methods)
+    # the equal-cost baselines ran at least as long as ILSR (wall time from the same start)
+    assert methods["adam_long"]["seconds"] >= methods["ilsr"]["seconds"]
+    assert methods["lbfgs_long"]["seconds"] >= methods["ilsr"]["seconds"]
+    for m in ("adam", "adam_long", "lbfgs_long"):
+        secs = [h["seconds"] for h in methods[m]["history"]]
+        assert secs == sorted(secs) and all(h["rel_l2"] > 0 for h in methods[m]["history"])
     # on this linear problem, one-shot LSR beats Adam from the same start
     assert result["methods"]["lsr"]["rel_l2"] < result["methods"]["adam"]["rel_l2"]
     img = imread(out / "compare.png")
