@@ -61,7 +61,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
 
     ``cfg`` has adam_steps, lr, final_lr (Adam's exponential schedule), lbfgs_steps, outer,
     gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
-    point count). Returns {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2,
+    point count), damping (initial Gauss–Newton damping, default 1e-20) and warm_start (of the
+    ILSR alignment, default False). Returns {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2,
     residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}."""
     name = problem.name
     if cfg.get("points"):
@@ -97,7 +98,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
                                           "residual": d["residual_after"], "rel_l2": d.get("rel_l2_after")}]}
     t = time.perf_counter()
     res = iterative_lsr(problem, model, outer_iterations=cfg["outer"], points=points, rank=cfg["rank"],
-                        gn_iterations=cfg["gn_iters"], align_iterations=cfg["align_iterations"], seed=seed)
+                        gn_iterations=cfg["gn_iters"], align_iterations=cfg["align_iterations"], seed=seed,
+                        damping=cfg.get("damping", 1e-20), warm_start=cfg.get("warm_start", False))
     ilsr_s = time.perf_counter() - t
     ih = [{"iteration": n_adam + n_lbfgs + h["iteration"], "seconds": base + h["seconds"],
            "residual": h["residual"], "rel_l2": h.get("rel_l2"), "accepted": h.get("accepted")} for h in res.history]

@@ -135,6 +135,7 @@ def iterative_lsr(
     rcond: float | None = 1e-14,
     align_iterations: int = 200,
     dtau: float | None = 1e-3,
+    warm_start: bool = False,
     reject_factor: float = 1.0,
     patience: int | None = None,
     seed: int = 0,
@@ -160,6 +161,9 @@ def iterative_lsr(
         gn_iterations, gn_patience, damping: the tangent Gauss–Newton of each outer iteration
             (gn_iterations=1 with damping≈0 is plain one-shot LSR).
         align_iterations, dtau: L-BFGS iterations and pseudo-time step Δτ of the alignment.
+        warm_start: start the alignment from θ0 + s·V z, s in (1, 1/2, 1/4, 0) with the lowest
+            alignment loss (the network the step points to agrees with the predictor to second
+            order in V z), instead of from θ0 (s = 0, the default).
         reject_factor: an outer iteration is rejected when its validation residual exceeds
             reject_factor × the best one (or is not finite); the network goes back to the best state.
         patience: stop after this many outer iterations without a new best (None: never early).
@@ -245,15 +249,19 @@ def iterative_lsr(
         with torch.no_grad():
             targets = lin(x_all).detach()
         aligned = copy.deepcopy(net)
+        start_step = 0.0
         if align_iterations > 0:
             align_problem = AlignmentProblem(problem, x_all, targets, dtau)
             align_points = {**(points if dtau is not None else {}), "align": x_all}
+            if warm_start:
+                start_step = _warm_start(align_problem, aligned, align_points, lin.delta.detach(), spec)
             train_lbfgs(align_problem, aligned, align_points, align_iterations, progress=False)
         net_val = validation_of(aligned)
         rec = {"iteration": k, "residual": gn_best["residual"],
                "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
                "validation_residual": pred_val, "network_validation_residual": net_val,
-               "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason}
+               "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
+               "align_start_step": start_step}
         if compute_errors:
             rec.update(model_errors(problem, lin, dtype, device))
             rec.update({f"network_{key}": v for key, v in model_errors(problem, aligned, dtype, device).items()})
@@ -288,6 +296,21 @@ def iterative_lsr(
     if compute_errors:
         diag.update(model_errors(problem, model_out, dtype, device))
     return ILSRResult(model_out, net, history, best["iteration"], diag)
+
+
+def _warm_start(align_problem: PDEProblem, net: nn.Module, points, delta: torch.Tensor, spec: ParamSpec,
+                steps=(1.0, 0.5, 0.25)) -> float:
+    """Move ``net`` (at θ0) to θ0 + s·delta for the s in ``steps`` (or 0) with the lowest finite
+    alignment loss; returns that s."""
+    theta0 = spec.flatten(net).clone()
+    best_s, best = 0.0, residual_norm(align_problem, net, points)
+    for s in steps:
+        spec.assign(net, theta0 + s * delta)
+        val = residual_norm(align_problem, net, points)
+        if val < best:
+            best_s, best = s, val
+    spec.assign(net, theta0 + best_s * delta)
+    return best_s
 
 
 def residual_norm(problem: PDEProblem, module: nn.Module, points) -> float:
@@ -336,7 +359,8 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
     if args.gn_iters > 0:
         gn = tangent_gauss_newton(problem, model, points=points, rank=args.rank, subspace=args.subspace,
                                   oversampling=args.oversampling, power_iterations=args.power_iterations,
-                                  max_iters=args.gn_iters, rcond=args.rcond, seed=args.seed, dtype=dtype,
+                                  max_iters=args.gn_iters, damping=args.gn_damping, rcond=args.rcond,
+                                  seed=args.seed, dtype=dtype,
                                   device=device, memory_budget=memory_budget)
         best = gn.history[gn.best_iteration]
         stages.append({"name": "gauss_newton", "rel_l2": best.get("rel_l2"), "max_abs_err": best.get("max_abs_err"),
@@ -347,8 +371,9 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
         path = Path(args.out) / "ilsr.pt" if args.out is not None else None
         res = iterative_lsr(problem, model, outer_iterations=args.ilsr_outer, points=points, rank=args.rank,
                             subspace=args.subspace, oversampling=args.oversampling,
-                            power_iterations=args.power_iterations, rcond=args.rcond,
-                            align_iterations=args.align_iterations, dtau=args.dtau, seed=args.seed, dtype=dtype,
+                            power_iterations=args.power_iterations, rcond=args.rcond, damping=args.gn_damping,
+                            align_iterations=args.align_iterations, dtau=args.dtau,
+                            warm_start=args.align_warm_start, seed=args.seed, dtype=dtype,
                             device=device, memory_budget=memory_budget, checkpoint=path)
         best = res.history[res.best_iteration]
         stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),

@@ -73,6 +73,11 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
                    help="L-BFGS iterations aligning the network to the predictor in each ILSR iteration")
     p.add_argument("--dtau", type=float, default=d.get("dtau", 1e-3),
                    help="pseudo-time step Δτ of the ILSR alignment (weight 1/Δτ on |u - u_lin|²)")
+    p.add_argument("--gn-damping", type=float, default=d.get("gn_damping", 1e-20),
+                   help="initial Levenberg–Marquardt damping of the Gauss–Newton steps, relative to σ_max²"
+                        " (1e-28: the first step is the one-shot LSR step at rcond 1e-14)")
+    p.add_argument("--align-warm-start", action="store_true",
+                   help="start each ILSR alignment from θ0 + s·Vz (s in 1, 1/2, 1/4, 0: lowest alignment loss)")
     return p
 
 

@@ -81,3 +81,41 @@ def test_alignment_loss_keeps_the_pde_as_a_weak_term():
     assert loss == pytest.approx(pde_loss + fit / 0.1, rel=1e-12)
     pure = AlignmentProblem(problem, x, targets, dtau=None)
     assert [t.name for t in pure.terms()] == ["align"]
+
+
+class LinearInParameters(torch.nn.Module):
+    """u(x) = w · φ(x) + b with fixed features φ: the network at θ0 + V z is the predictor."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(6, 1, dtype=torch.float64)
+
+    def forward(self, x):
+        k = torch.arange(1, 4, dtype=x.dtype)
+        feats = torch.cat([torch.sin(k * x[:, :1] * x[:, 1:2]), torch.cos(k * x[:, :1] + x[:, 1:2])], 1)
+        return self.head(feats)
+
+
+def test_warm_start_moves_the_alignment_start_to_the_step_when_that_fits_better():
+    from pinnlsr.ilsr import AlignmentProblem, _warm_start, residual_norm
+    from pinnlsr.models import LinearizedModel
+
+    problem = Burgers1D(n_interior=30, n_boundary=6, n_initial=6)
+    points = problem.sample_points(torch.Generator().manual_seed(1))
+    x = torch.cat(list(points.values()))
+    gen = torch.Generator().manual_seed(2)
+    for make, expected in ((LinearInParameters, 1.0), (lambda: tiny_burgers()[1], None)):
+        net = make()
+        spec = ParamSpec.of(net)
+        delta = 0.3 * torch.randn(spec.numel, generator=gen, dtype=torch.float64)
+        lin = LinearizedModel(net, torch.eye(spec.numel, dtype=torch.float64), delta)
+        with torch.no_grad():
+            targets = lin(x)
+        align = AlignmentProblem(problem, x, targets, dtau=None)
+        before = residual_norm(align, net, {"align": x})
+        s = _warm_start(align, net, {"align": x}, delta, spec)
+        after = residual_norm(align, net, {"align": x})
+        assert after <= before and s in (0.0, 0.25, 0.5, 1.0)
+        assert torch.allclose(spec.flatten(net), lin.theta0 + s * delta)
+        if expected is not None:  # linear in θ: the step reproduces the predictor exactly
+            assert s == expected and after < 1e-12 * before
