@@ -250,11 +250,11 @@ def iterative_lsr(
             targets = lin(x_all).detach()
         aligned = copy.deepcopy(net)
         start_step = 0.0
+        align_problem = AlignmentProblem(problem, x_all, targets, dtau)
+        align_points = {**(points if dtau is not None else {}), "align": x_all}
+        if warm_start:  # with align_iterations=0: a Gauss–Newton step in θ with a backtracking choice
+            start_step = _warm_start(align_problem, aligned, align_points, lin.delta.detach(), spec)
         if align_iterations > 0:
-            align_problem = AlignmentProblem(problem, x_all, targets, dtau)
-            align_points = {**(points if dtau is not None else {}), "align": x_all}
-            if warm_start:
-                start_step = _warm_start(align_problem, aligned, align_points, lin.delta.detach(), spec)
             train_lbfgs(align_problem, aligned, align_points, align_iterations, progress=False)
         net_val = validation_of(aligned)
         rec = {"iteration": k, "residual": gn_best["residual"],
