@@ -76,7 +76,8 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     p.add_argument("--gn-damping", type=float, default=d.get("gn_damping", 1e-20),
                    help="initial Levenberg–Marquardt damping of the Gauss–Newton steps, relative to σ_max²"
                         " (1e-28: the first step is the one-shot LSR step at rcond 1e-14)")
-    p.add_argument("--align-warm-start", action="store_true",
+    p.add_argument("--align-warm-start", action=argparse.BooleanOptionalAction,
+                   default=d.get("align_warm_start", False),
                    help="start each ILSR alignment from θ0 + s·Vz (s in 1, 1/2, 1/4, 0: lowest alignment loss)")
     return p
 

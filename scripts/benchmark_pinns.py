@@ -41,7 +41,7 @@ ILSR_SETTINGS = {
     "helmholtz2d": dict(outer=1, gn_iters=2, align_iterations=100),
     "poisson2d_hard": dict(outer=1, gn_iters=2, align_iterations=100),
     "kovasznay": dict(outer=1, gn_iters=10, align_iterations=100),
-    "burgers1d": dict(outer=3, gn_iters=5, align_iterations=300),
+    "burgers1d": dict(rank=1000, outer=10, gn_iters=10, align_iterations=20, warm_start=True),
     "allen_cahn1d": dict(outer=3, gn_iters=5, align_iterations=300),
     "lid_driven": dict(outer=2, gn_iters=5, align_iterations=300),
 }

@@ -1,7 +1,7 @@
 """The burgers1d figure of README.md: a pretrained network of a burgers1d run folder against the
 spectral reference, as space-time maps (prediction, reference, |error|).
 
-    python -m problems.burgers1d --adam-steps 3000 --lbfgs-steps 300 --out runs/burgers1d
+    python -m problems.burgers1d --ilsr-outer 0 --subspace full --out runs/burgers1d
     python scripts/figure_burgers1d.py runs/burgers1d docs/burgers1d.png
 """
 from __future__ import annotations
