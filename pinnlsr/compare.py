@@ -62,8 +62,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     ``cfg`` has adam_steps, lr, final_lr (Adam's exponential schedule), lbfgs_steps, outer,
     gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
     point count), damping (initial Gauss–Newton damping, default 1e-20) and warm_start (of the
-    ILSR alignment, default False). Returns {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2,
-    residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}."""
+    ILSR alignment, default False). Returns {"problem", "n_params", "n_points", "config",
+    "methods": {name: {rel_l2, residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}."""
     name = problem.name
     if cfg.get("points"):
         counts = {t.name: max(8, int(t.n_points * cfg["points"])) for t in problem.terms() if t.n_points}
@@ -118,6 +118,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
                           lr=cfg["final_lr"] or cfg["lr"], final_lr=None)
     out["methods"]["adam_long"] = {"history": h, "seconds": adam_s + s, **h[-1]}
     spec.assign(model, lbfgs_state)
+    # L-BFGS iterations per second; without an L-BFGS phase, guess one iteration ≈ its 20
+    # function evaluations ≈ 20 Adam steps (only the spacing of the history points depends on it)
     lb_rate = n_lbfgs / lb_s if n_lbfgs > 0 and lb_s > 0 else rate / 20
     h, s = timed_training("lbfgs", problem, model, points, 10**9, base, n_adam + n_lbfgs,
                           max(1, int(lb_rate * ilsr_s / PROBES)), max_seconds=ilsr_s)
