@@ -100,6 +100,20 @@ def prepare_refinement(problem: PDEProblem, model: nn.Module, points, seed: int,
     return net, spec, generator, points, spec.flatten(net), device
 
 
+def resolve_subspace(n_params: int, rank: int | None, subspace: str) -> str:
+    """The subspace kind ("full", "svd" or "randomized") that ``subspace`` means for a network of
+    ``n_params`` parameters; raises ValueError when it needs a rank and ``rank`` is None ("auto"
+    takes the whole space only up to FULL_SPACE_MAX_PARAMS parameters)."""
+    if subspace == "auto":
+        whole = (rank is None or rank >= n_params) and n_params <= FULL_SPACE_MAX_PARAMS
+        subspace = "full" if whole else "randomized"
+    if subspace != "full" and rank is None:
+        raise ValueError(f"subspace {subspace!r} needs a rank for this network of {n_params} parameters "
+                         f"(more than {FULL_SPACE_MAX_PARAMS} for the whole space): pass rank=r "
+                         f"(1 <= r <= {n_params}), or subspace='full'")
+    return subspace
+
+
 def choose_basis(
     out_rows, theta: torch.Tensor, rank: int | None, subspace: str, oversampling: int,
     power_iterations: int, generator: torch.Generator, scale_basis: bool, jacobian_mode: str,
@@ -107,12 +121,9 @@ def choose_basis(
 ) -> Basis:
     """The subspace basis for :func:`lsr` (see its arguments)."""
     m = out_rows.m
-    if subspace == "auto":
-        subspace = "full" if (rank is None or rank >= m) and m <= FULL_SPACE_MAX_PARAMS else "randomized"
+    subspace = resolve_subspace(m, rank, subspace)
     if subspace == "full":
         return full_basis(m, theta.dtype, theta.device)
-    if rank is None:
-        raise ValueError(f"subspace {subspace!r} needs a rank: pass rank=r (1 <= r <= {m})")
     if subspace == "svd":
         return svd_basis(out_rows, theta, rank, scale_basis, memory_budget=memory_budget)
     if subspace == "randomized":

@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .io import atomic_write_json, atomic_write_text
-from .lsr import lsr
+from .lsr import lsr, resolve_subspace
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .problem import PDEProblem
@@ -130,6 +130,10 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     else:
         model = problem.default_model(generator, dtype, device)
     points = problem.sample_points(generator, dtype, device, parse_counts(args.points))
+    try:  # fail before training, not after it
+        resolve_subspace(ParamSpec.of(model).numel, args.rank, args.subspace)
+    except ValueError as e:
+        raise ValueError(f"{e} (on the command line: --rank R or --subspace full)") from None
     stages: list[dict] = []
     histories: list[dict] = []  # rows of history.csv
     if args.checkpoint is not None:

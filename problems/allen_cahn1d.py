@@ -71,7 +71,7 @@ class AllenCahn1D(PDEProblem):
 
 
 PROBLEM = AllenCahn1D
-DEFAULTS = {"adam_steps": 5000, "lbfgs_steps": 500, "lr": 3e-3, "final_lr": 1e-4}
+DEFAULTS = {"adam_steps": 5000, "lbfgs_steps": 500, "lr": 3e-3, "final_lr": 1e-4, "rank": 2000}
 
 if __name__ == "__main__":
     raise SystemExit(main(AllenCahn1D, defaults=DEFAULTS))

@@ -84,3 +84,26 @@ def test_poisson2d_hard_lsr_from_the_sine_network_reaches_the_multiscale_solutio
     d = lsr(problem, model, points=points, subspace="full").diagnostics
     assert d["rel_l2_before"] > 0.5
     assert d["rel_l2_after"] < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_default_run_has_a_valid_subspace(name):
+    """What ``python -m problems.NAME`` runs must not fail at the LSR stage after its training: a
+    network too large for the whole space needs a rank in the module's DEFAULTS."""
+    from pinnlsr.lsr import resolve_subspace
+    from pinnlsr.runner import build_parser
+
+    module = importlib.import_module(f"problems.{name}")
+    problem = module.PROBLEM()
+    args = build_parser(problem, getattr(module, "DEFAULTS", {})).parse_args([])
+    n_params = ParamSpec.of(problem.default_model(torch.Generator().manual_seed(0))).numel
+    assert resolve_subspace(n_params, args.rank, args.subspace) in ("full", "randomized", "svd")
+
+
+def test_runner_refuses_a_missing_rank_before_training(capsys):
+    from pinnlsr.runner import main
+
+    module = importlib.import_module("problems.allen_cahn1d")
+    defaults = {k: v for k, v in module.DEFAULTS.items() if k != "rank"}
+    code = main(module.AllenCahn1D, argv=["--adam-steps", "100000", "--quiet"], defaults=defaults)
+    assert code == 2 and "needs a rank" in capsys.readouterr().err
