@@ -45,7 +45,7 @@ ILSR_SETTINGS = {
     "allen_cahn1d": dict(outer=3, gn_iters=5, align_iterations=300),
     "lid_driven": dict(outer=2, gn_iters=5, align_iterations=300),
 }
-PRETRAINING_KEYS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters")
+PRETRAINING_KEYS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters", "rank")
 
 
 def settings(name: str, quick: bool) -> dict:
