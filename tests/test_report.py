@@ -109,3 +109,23 @@ def test_cli_compare_quick(tmp_path):
     img = imread(out / "compare.png")
     assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
     assert "| poisson2d |" in (out / "compare.md").read_text()
+
+
+def test_error_by_time_script(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "error_by_time.py"
+    spec = importlib.util.spec_from_file_location("error_by_time", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, t = np.meshgrid(np.linspace(-1, 1, 5), np.array([0.0, 0.5, 1.0]), indexing="ij")
+    points = np.stack([x.ravel(), t.ravel()], 1)
+    reference = (1 + points[:, :1] ** 2)
+    pred = reference * (1 + points[:, 1:])  # relative error = t exactly
+    assert mod.error_by_time(points, reference, pred, [0.0, 0.5, 0.9]) == pytest.approx([0.0, 0.5, 1.0])
+    np.savez(tmp_path / "predictions.npz", points=points, reference=reference, pred_net=pred)
+    assert mod.main([str(tmp_path), "--times", "0.5"]) == 0
+    assert "5.000e-01" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not found"):
+        mod.main([str(tmp_path / "missing")])
