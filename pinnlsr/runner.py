@@ -79,6 +79,9 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     p.add_argument("--align-warm-start", action=argparse.BooleanOptionalAction,
                    default=d.get("align_warm_start", False),
                    help="start each ILSR alignment from θ0 + s·Vz (s in 1, 1/2, 1/4, 0: lowest alignment loss)")
+    p.add_argument("--time-windows", type=float, nargs="+", default=d.get("time_windows"), metavar="T",
+                   help="march the ILSR stage over windows [t0, T] (increasing, the last = t1), --ilsr-outer "
+                        "iterations each; resumes from OUT/ilsr_window*.pt (time-dependent problems)")
     return p
 
 

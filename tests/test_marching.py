@@ -1,0 +1,84 @@
+"""Time marching of Iterative LSR: windows keep the problem's points inside [t0, T], marching runs
+window after window from the aligned network, and an interrupted run resumes with the same history."""
+import json
+
+import pytest
+import torch
+
+from pinnlsr.marching import TimeWindow, time_marching_lsr
+from pinnlsr.problem import Term
+from problems.allen_cahn1d import AllenCahn1D
+from problems.helmholtz2d import Helmholtz2D
+
+ILSR = dict(outer_iterations=1, rank=8, gn_iterations=2, align_iterations=2)
+
+
+def small_allen_cahn():
+    return AllenCahn1D(n_interior=40, n_initial=10, widths=(6,))
+
+
+def test_window_squeezes_sampled_times_and_filters_fixed_points():
+    problem = small_allen_cahn()
+    window = TimeWindow(problem, 0.25)
+    points = window.sample_points(torch.Generator().manual_seed(0))
+    assert float(points["pde"][:, 1].max()) <= 0.25 and float(points["pde"][:, 1].min()) >= 0.0
+    assert float(points["pde"][:, 0].max()) > 0.5  # space untouched
+    assert torch.all(points["ic"][:, 1] == 0)
+    assert window.reference()[0].shape == problem.reference()[0].shape  # errors on the whole domain
+
+    x = torch.tensor([[0.0, 0.1], [0.0, 0.9]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    problem.terms = lambda: [Term("data", lambda u, x, y: u(x) - y, x, targets=y)]
+    (term,) = TimeWindow(problem, 0.5).terms()
+    assert term.points.shape == (1, 2) and float(term.targets[0, 0]) == 1.0
+    assert TimeWindow(problem, 0.05).terms() == []  # no fixed point inside: the term is left out
+
+
+def test_window_needs_a_time_domain_and_an_end_inside_it():
+    with pytest.raises(ValueError, match="TimeDomain"):
+        TimeWindow(Helmholtz2D(), 0.5)
+    with pytest.raises(ValueError, match=r"window end 1.5 must lie in"):
+        TimeWindow(small_allen_cahn(), 1.5)
+    model = small_allen_cahn().default_model(torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="increasing"):
+        time_marching_lsr(small_allen_cahn(), model, [0.5, 0.25, 1.0], **ILSR)
+    with pytest.raises(ValueError, match="must end at t1"):
+        time_marching_lsr(small_allen_cahn(), model, [0.5], **ILSR)
+
+
+def test_marching_runs_each_window_from_the_aligned_network_and_resumes(tmp_path):
+    problem = small_allen_cahn()
+    model = problem.default_model(torch.Generator().manual_seed(0))
+    seen = []
+    res = time_marching_lsr(problem, model, [0.5, 1.0], checkpoint_dir=tmp_path / "a", callback=seen.append, **ILSR)
+    assert [h["window"] for h in res.history] == [0.5, 0.5, 1.0, 1.0]
+    assert [h["iteration"] for h in res.history] == [0, 1, 0, 1]
+    assert seen == res.history
+    assert [w["window"] for w in res.diagnostics["windows"]] == [0.5, 1.0]
+    assert res.history[res.best_iteration]["window"] == 1.0  # the index is into the joined history
+    # Window 2 starts where window 1 left the network: same residual at its iteration 0 as a
+    # fresh evaluation of window 1's final network would give on window 2's points.
+    assert res.history[2]["rel_l2"] == pytest.approx(res.history[1]["network_rel_l2"] if res.history[1]["accepted"]
+                                                     else res.history[0]["rel_l2"], rel=1e-10)
+
+    # Interrupted after window 1: a run with only its checkpoint resumes and matches.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "ilsr_window0.pt").write_bytes((tmp_path / "a" / "ilsr_window0.pt").read_bytes())
+    fresh = problem.default_model(torch.Generator().manual_seed(0))
+    again = time_marching_lsr(problem, fresh, [0.5, 1.0], checkpoint_dir=tmp_path / "b", **ILSR)
+    keys = ("window", "iteration", "residual", "validation_residual", "rel_l2")
+    assert [[h[k] for k in keys] for h in again.history] == [[h[k] for k in keys] for h in res.history]
+
+
+def test_runner_time_windows_stage(tmp_path):
+    from pinnlsr.runner import main
+
+    out = tmp_path / "run"
+    argv = ["--points", "pde=40", "ic=10", "--adam-steps", "5", "--lbfgs-steps", "0", "--rank", "8",
+            "--ilsr-outer", "1", "--align-iterations", "2", "--time-windows", "0.5", "1", "--quiet", "--no-plot",
+            "--out", str(out)]
+    assert main(lambda: AllenCahn1D(widths=(6,)), argv=argv) == 0
+    stage = json.loads((out / "metrics.json").read_text())["stages"][-1]
+    assert stage["name"] == "ilsr" and [w["window"] for w in stage["windows"]] == [0.5, 1.0]
+    assert [h["window"] for h in stage["history"]] == [0.5, 0.5, 1.0, 1.0]
+    assert (out / "ilsr_window1.pt").is_file()
