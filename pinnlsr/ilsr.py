@@ -350,10 +350,12 @@ def _checkpoint(path: Path, net, generator, points, history, best, next_iteratio
 
 
 def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
-                     dtype: torch.dtype, device, memory_budget: int | None) -> list[dict]:
+                     dtype: torch.dtype, device, memory_budget: int | None,
+                     predictors: dict | None = None) -> list[dict]:
     """The 'gauss_newton' and 'ilsr' stages of a problem run (``--gn-iters``, ``--ilsr-outer``):
     metrics.json rows with rel_l2, max_abs_err, residual (on the collocation points), seconds and
-    the per-iteration history."""
+    the per-iteration history. The best predictor of each stage goes into ``predictors`` by name."""
+    predictors = {} if predictors is None else predictors
     stages = []
     keep = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
     if args.gn_iters > 0:
@@ -363,6 +365,7 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
                                   seed=args.seed, dtype=dtype,
                                   device=device, memory_budget=memory_budget)
         best = gn.history[gn.best_iteration]
+        predictors["gauss_newton"] = gn.model
         stages.append({"name": "gauss_newton", "rel_l2": best.get("rel_l2"), "max_abs_err": best.get("max_abs_err"),
                        "residual": best["residual"], "seconds": gn.diagnostics["seconds"], "rank": gn.basis.rank,
                        "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
@@ -383,6 +386,7 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
             path = Path(args.out) / "ilsr.pt" if args.out is not None else None
             res = iterative_lsr(problem, model, points=points, checkpoint=path, **options)
         best = res.history[res.best_iteration]
+        predictors["ilsr"] = res.model
         stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),
                        "max_abs_err": res.diagnostics.get("max_abs_err"), "residual": best["residual"],
                        "seconds": res.diagnostics["seconds"], "rank": best.get("rank"),

@@ -174,10 +174,11 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
                          rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
                          linearized_residual=d["linearized_residual"], seconds_by_phase=d["seconds"],
                          peak_memory_gb=d["peak_memory_gb"]))
+    refined: dict = {}  # stage name -> refined predictor, for predictions.npz and the figure
     if args.gn_iters > 0 or args.ilsr_outer > 0:
         from .ilsr import nonlinear_stages
 
-        stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget))
+        stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget, refined))
     metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
                "n_params": ParamSpec.of(model).numel,
                "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "stages": stages}
@@ -185,17 +186,18 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     if args.out is not None:
         histories.extend(history_rows("lsr", {"iteration": [0], "seconds": [d["seconds"]["total"]],
                                                "residual": [d["residual_after"]], "rel_l2": [d.get("rel_l2_after")]}))
-        write_outputs(problem, args, model, result, metrics, histories)
+        write_outputs(problem, args, model, result, metrics, histories, extra_predictors=refined)
     return metrics
 
 
 def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histories: list[dict] | None = None,
-                  predictors: dict | None = None) -> None:
+                  predictors: dict | None = None, extra_predictors: dict | None = None) -> None:
     """The run folder (see :mod:`pinnlsr.report`): config.json, model.pt, history.csv,
     predictions.npz, metrics.json, then figures and summary.md rebuilt from those files.
 
     ``predictors`` maps stage names to models evaluated on the reference points (default: the
-    pretrained network and the LSR predictor)."""
+    pretrained network and the LSR predictor); ``extra_predictors`` are added after them (the
+    Gauss–Newton and ILSR predictors; the figure shows the last one)."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -209,7 +211,7 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
         x, u = ref
         names = [s["name"] for s in metrics["stages"]]
         pretrained = names[names.index("lsr") - 1]  # the stage that produced ``model`` (adam, lbfgs, checkpoint)
-        predictors = predictors or {pretrained: model, "lsr": result.model}
+        predictors = {**(predictors or {pretrained: model, "lsr": result.model}), **(extra_predictors or {})}
         preds = {name: predict(m.to(x), x).cpu().numpy() for name, m in predictors.items()}
         write_predictions(out / "predictions.npz", x.cpu().numpy(), u.cpu().numpy(), preds)
     atomic_write_json(out / "metrics.json", metrics)
