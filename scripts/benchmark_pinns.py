@@ -43,7 +43,7 @@ ILSR_SETTINGS = {
     "kovasznay": dict(outer=1, gn_iters=10, align_iterations=100),
     "burgers1d": dict(rank=1000, outer=10, gn_iters=10, align_iterations=20, warm_start=True),
     "allen_cahn1d": dict(outer=3, gn_iters=5, align_iterations=300),
-    "lid_driven": dict(outer=2, gn_iters=5, align_iterations=300),
+    "lid_driven": dict(outer=3, gn_iters=10, align_iterations=30, warm_start=True),  # its default run
 }
 PRETRAINING_KEYS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters", "rank")
 
