@@ -93,7 +93,7 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    history, summaries, net, res = [], [], model, None
+    history, summaries, net = [], [], model
     for k, t_end in enumerate(windows):
         window = TimeWindow(problem, t_end)
 

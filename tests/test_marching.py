@@ -2,6 +2,7 @@
 window after window from the aligned network, and an interrupted run resumes with the same history."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,8 +83,7 @@ def test_runner_time_windows_stage(tmp_path):
     assert stage["name"] == "ilsr" and [w["window"] for w in stage["windows"]] == [0.5, 1.0]
     assert [h["window"] for h in stage["history"]] == [0.5, 0.5, 1.0, 1.0]
     assert (out / "ilsr_window1.pt").is_file()
-    import numpy as np  # the ILSR predictor is saved with the others, and its error is the stage's
-
+    # the ILSR predictor is saved with the others, and its error is the stage's
     with np.load(out / "predictions.npz", allow_pickle=False) as data:
         assert [k for k in data.files if k.startswith("pred_")] == ["pred_adam", "pred_lsr", "pred_ilsr"]
         ref, pred = data["reference"], data["pred_ilsr"]
