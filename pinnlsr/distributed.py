@@ -71,8 +71,10 @@ def is_main() -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group."""
+    """Leave the process group, after a barrier: gloo aborts the process (SIGABRT, "terminate called
+    without an active exception") when one rank tears its group down while a peer still talks to it."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
