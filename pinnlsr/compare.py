@@ -14,6 +14,7 @@ import torch
 
 from .ilsr import iterative_lsr
 from .lsr import lsr
+from .marching import time_marching_lsr
 from .metrics import model_errors
 from .models import ParamSpec
 from .residual import residual_rows
@@ -62,7 +63,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     ``cfg`` has adam_steps, lr, final_lr (Adam's exponential schedule), lbfgs_steps, outer,
     gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
     point count), damping (initial Gauss–Newton damping, default 1e-20) and warm_start (of the
-    ILSR alignment, default False). Returns {"problem", "n_params", "n_points", "config",
+    ILSR alignment, default False) and time_windows (window ends for time-marching ILSR, see
+    :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window). Returns {"problem", "n_params", "n_points", "config",
     "methods": {name: {rel_l2, residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}."""
     name = problem.name
     if cfg.get("points"):
@@ -97,12 +99,23 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
                                           "seconds": base + d["seconds"]["total"],
                                           "residual": d["residual_after"], "rel_l2": d.get("rel_l2_after")}]}
     t = time.perf_counter()
-    res = iterative_lsr(problem, model, outer_iterations=cfg["outer"], points=points, rank=cfg["rank"],
-                        gn_iterations=cfg["gn_iters"], align_iterations=cfg["align_iterations"], seed=seed,
-                        damping=cfg.get("damping", 1e-20), warm_start=cfg.get("warm_start", False))
+    options = dict(outer_iterations=cfg["outer"], rank=cfg["rank"], gn_iterations=cfg["gn_iters"],
+                   align_iterations=cfg["align_iterations"], seed=seed, damping=cfg.get("damping", 1e-20),
+                   warm_start=cfg.get("warm_start", False))
+    if cfg.get("time_windows"):
+        counts = {k: int(v.shape[0]) for k, v in points.items()}
+        res = time_marching_lsr(problem, model, cfg["time_windows"], counts=counts, **options)
+    else:
+        res = iterative_lsr(problem, model, points=points, **options)
     ilsr_s = time.perf_counter() - t
-    ih = [{"iteration": n_adam + n_lbfgs + h["iteration"], "seconds": base + h["seconds"],
-           "residual": h["residual"], "rel_l2": h.get("rel_l2"), "accepted": h.get("accepted")} for h in res.history]
+    ih, offset, window, last = [], 0.0, None, 0.0
+    for h in res.history:
+        if h.get("window") != window:  # each window's seconds start at 0: make them cumulative
+            offset, window = offset + last, h.get("window")
+        last = h["seconds"]
+        ih.append({"iteration": n_adam + n_lbfgs + len(ih), "seconds": base + offset + h["seconds"],
+                   "residual": h["residual"], "rel_l2": h.get("rel_l2"), "accepted": h.get("accepted"),
+                   **({"window": window} if window is not None else {})})
     best = res.history[res.best_iteration]
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
                               "residual": best["residual"], "seconds": base + ilsr_s, "history": ih,

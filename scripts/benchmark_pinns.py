@@ -42,19 +42,20 @@ ILSR_SETTINGS = {
     "poisson2d_hard": dict(outer=1, gn_iters=2, align_iterations=100),
     "kovasznay": dict(outer=1, gn_iters=10, align_iterations=100),
     "burgers1d": dict(rank=1000, outer=10, gn_iters=10, align_iterations=20, warm_start=True),
-    "allen_cahn1d": dict(outer=3, gn_iters=5, align_iterations=300),
+    "allen_cahn1d": dict(outer=1, align_iterations=30, warm_start=True),  # its default run (+ time_windows)
     "lid_driven": dict(outer=3, gn_iters=10, align_iterations=30, warm_start=True),  # its default run
 }
-PRETRAINING_KEYS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters", "rank")
+# taken from the problem module's DEFAULTS (what `python -m problems.NAME` runs)
+FROM_DEFAULTS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters", "rank", "time_windows")
 
 
 def settings(name: str, quick: bool) -> dict:
-    """The benchmark settings of one problem: FULL, then the pretraining (and Gauss–Newton) of the
-    problem module's DEFAULTS (what ``python -m problems.NAME`` runs), then ILSR_SETTINGS."""
+    """The benchmark settings of one problem: FULL, then the FROM_DEFAULTS keys of the problem
+    module's DEFAULTS (pretraining, rank, Gauss–Newton steps, time windows), then ILSR_SETTINGS."""
     if quick:
         return dict(QUICK)
     defaults = getattr(importlib.import_module(PROBLEMS[name][0]), "DEFAULTS", {})
-    return {**FULL, **{k: defaults[k] for k in PRETRAINING_KEYS if k in defaults}, **ILSR_SETTINGS.get(name, {})}
+    return {**FULL, **{k: defaults[k] for k in FROM_DEFAULTS if k in defaults}, **ILSR_SETTINGS.get(name, {})}
 
 
 def run_problem(name: str, quick: bool, seed: int) -> dict:

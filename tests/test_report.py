@@ -129,3 +129,21 @@ def test_error_by_time_script(tmp_path, capsys):
     assert "5.000e-01" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not found"):
         mod.main([str(tmp_path / "missing")])
+
+
+def test_compare_methods_marches_over_time_windows():
+    """compare_methods with time_windows runs ILSR window by window, with cumulative seconds."""
+    from pinnlsr.compare import QUICK, compare_methods
+    from problems.allen_cahn1d import AllenCahn1D
+
+    cfg = dict(QUICK, rank=40, outer=1, gn_iters=1, align_iterations=2, adam_steps=20, lbfgs_steps=2,
+               time_windows=[0.5, 1.0])
+    result = compare_methods(AllenCahn1D(widths=(8, 8)), cfg, seed=0)
+    ilsr = result["methods"]["ilsr"]
+    windows = [h["window"] for h in ilsr["history"]]
+    assert windows == sorted(windows) and set(windows) == {0.5, 1.0}
+    secs = [h["seconds"] for h in ilsr["history"]]
+    assert secs == sorted(secs) and secs[-1] <= ilsr["seconds"] + 1e-9
+    assert result["methods"]["lbfgs_long"]["seconds"] >= ilsr["seconds"]
+    # the stage reports the best state of the last window, whose predictor covers [0, 1]
+    assert ilsr["rel_l2"] == pytest.approx(ilsr["history"][ilsr["best_iteration"]]["rel_l2"])
