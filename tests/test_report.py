@@ -147,3 +147,31 @@ def test_compare_methods_marches_over_time_windows():
     assert result["methods"]["lbfgs_long"]["seconds"] >= ilsr["seconds"]
     # the stage reports the best state of the last window, whose predictor covers [0, 1]
     assert ilsr["rel_l2"] == pytest.approx(ilsr["history"][ilsr["best_iteration"]]["rel_l2"])
+
+
+def test_error_by_region_script(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "error_by_region.py"
+    spec = importlib.util.spec_from_file_location("error_by_region", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, y = np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 1, 11), indexing="ij")
+    points = np.stack([x.ravel(), y.ravel()], 1)
+    reference = np.ones((points.shape[0], 2))
+    pred = reference.copy()
+    corner = (points[:, 0] >= 0.9) & (points[:, 1] >= 0.9)  # 4 points
+    pred[corner, 1] += 1.0  # output 1 wrong only in the corner box
+    pred[:, 0] += 0.01  # output 0 off by 1 % everywhere
+    rows = mod.error_by_region(points, reference, pred, [((0.9, 0.9), (1.0, 1.0))])
+    assert rows[0]["rel_l2"] == pytest.approx(0.01) and rows[0]["rel_l2_outside"] == pytest.approx(0.01)
+    assert rows[0]["share_in_boxes"] == pytest.approx(4 / 121)
+    assert rows[1]["share_in_boxes"] == pytest.approx(1.0) and rows[1]["rel_l2_outside"] == 0.0
+    assert rows[2]["rel_l2"] == pytest.approx(np.sqrt(121 * 1e-4 + 4) / np.sqrt(242))
+    np.savez(tmp_path / "predictions.npz", points=points, reference=reference, pred_ilsr=pred)
+    assert mod.main([str(tmp_path), "--box", "0.9", "0.9", "1", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 121" in out and "100.0%" in out
+    with pytest.raises(SystemExit, match="4 numbers"):
+        mod.main([str(tmp_path), "--box", "0.9", "1"])

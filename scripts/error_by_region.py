@@ -1,0 +1,74 @@
+"""Where the error of a run sits: per output, its relative L2 error, the share of its squared error
+inside given boxes, and its relative L2 error outside them.
+
+Reads the run folder's ``predictions.npz`` (points (N, d), reference (N, k), pred_STAGE (N, k)).
+A box is given by its lower and upper corner, d numbers each (``--box X0 Y0 X1 Y1`` in 2-D; repeat
+``--box`` for several). Example, the lid corners of the cavity:
+
+    python -m problems.lid_driven --out runs/lid_driven
+    python scripts/error_by_region.py runs/lid_driven --stage ilsr --box 0 0.95 0.05 1 --box 0.95 0.95 1 1
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def inside_boxes(points: np.ndarray, boxes) -> np.ndarray:
+    """(N,) bool: the points inside any of ``boxes`` (each (lower corner, upper corner), closed)."""
+    mask = np.zeros(points.shape[0], dtype=bool)
+    for lower, upper in boxes:
+        mask |= np.all((points >= np.asarray(lower)) & (points <= np.asarray(upper)), axis=1)
+    return mask
+
+
+def error_by_region(points: np.ndarray, reference: np.ndarray, prediction: np.ndarray, boxes) -> list[dict]:
+    """Per output column, then for all outputs together (the last row, as the runs' rel_l2):
+    rel_l2 (all points), share_in_boxes (of the squared error), rel_l2_outside (error and reference
+    norm both outside the boxes)."""
+    mask = inside_boxes(points, boxes)
+    rows = []
+    for j in list(range(reference.shape[1])) + [slice(None)]:
+        err, ref = prediction[:, j] - reference[:, j], reference[:, j]
+        total = float(np.sum(err ** 2))
+        rows.append({"rel_l2": float(np.linalg.norm(err) / max(np.linalg.norm(ref), 1e-300)),
+                     "share_in_boxes": float(np.sum(err[mask] ** 2) / total) if total > 0 else 0.0,
+                     "rel_l2_outside": float(np.linalg.norm(err[~mask]) / max(np.linalg.norm(ref[~mask]), 1e-300))})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path, help="a run folder with predictions.npz")
+    p.add_argument("--stage", default=None, help="stage to report (default: every pred_* in the file)")
+    p.add_argument("--box", type=float, nargs="+", action="append", required=True, metavar="C",
+                   help="lower corner then upper corner (2d numbers); repeat for several boxes")
+    args = p.parse_args(argv)
+    path = args.run_dir / "predictions.npz"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: run the problem with --out {args.run_dir} first")
+    with np.load(path, allow_pickle=False) as data:
+        points, reference = data["points"], data["reference"]
+        stages = {k[len("pred_"):]: data[k] for k in data.files if k.startswith("pred_")}
+    d = points.shape[1]
+    if any(len(b) != 2 * d for b in args.box):
+        raise SystemExit(f"error: each --box needs {2 * d} numbers (lower corner, upper corner) for {d}-D points")
+    boxes = [(b[:d], b[d:]) for b in args.box]
+    if args.stage is not None:
+        if args.stage not in stages:
+            raise SystemExit(f"error: no stage {args.stage!r} in {path}; it has {sorted(stages)}")
+        stages = {args.stage: stages[args.stage]}
+    mask = inside_boxes(points, boxes)
+    print(f"{int(mask.sum())} of {len(mask)} reference points ({mask.mean():.1%}) lie in the boxes")
+    print(f"{'stage':<14}{'output':<8}{'rel. L2':>12}{'share in boxes':>16}{'rel. L2 outside':>17}")
+    for name, pred in stages.items():
+        rows = error_by_region(points, reference, pred, boxes)
+        for j, row in enumerate(rows):
+            print(f"{name:<14}{j if j < len(rows) - 1 else 'all':<8}{row['rel_l2']:>12.3e}{row['share_in_boxes']:>16.1%}{row['rel_l2_outside']:>17.3e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
