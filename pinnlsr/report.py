@@ -89,6 +89,17 @@ def write_predictions(path: Path, points: np.ndarray, reference: np.ndarray, pre
                             suffix=".npz")
 
 
+def read_predictions(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(points (N, d), reference (N, k), {stage: prediction (N, k)}) from a run folder's
+    predictions.npz (read without pickle). FileNotFoundError names the missing file."""
+    path = Path(run_dir) / "predictions.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the problem with --out {run_dir} first")
+    with np.load(path, allow_pickle=False) as data:
+        return data["points"], data["reference"], {k[len("pred_"):]: data[k] for k in data.files
+                                                   if k.startswith("pred_")}
+
+
 def write_fields(out: Path, points: np.ndarray, reference: np.ndarray, predictions: dict[str, np.ndarray],
                  input_names: tuple[str, ...], output_names: tuple[str, ...]) -> Path:
     """Fields for ParaView: ``solution.vtu`` (reference, each stage's prediction and |error| per
@@ -162,9 +173,7 @@ def rebuild_report(run_dir: str | os.PathLike) -> list[Path]:
         raise ValueError(f"{run / 'metrics.json'} has no 'stages' list: not a pinnlsr run")
     written, figures = [], []
     if (run / "predictions.npz").is_file():
-        with np.load(run / "predictions.npz", allow_pickle=False) as data:
-            points, reference = data["points"], data["reference"]
-            preds = {k[5:]: data[k] for k in data.files if k.startswith("pred_")}
+        points, reference, preds = read_predictions(run)
         if preds and points.shape[1] <= 2:
             last = list(preds)[-1]
             written.append(plotting.plot_comparison(

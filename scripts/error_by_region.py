@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pinnlsr.report import read_predictions
+
 
 def inside_boxes(points: np.ndarray, boxes) -> np.ndarray:
     """(N,) bool: the points inside any of ``boxes`` (each (lower corner, upper corner), closed)."""
@@ -46,19 +48,17 @@ def main(argv=None) -> int:
     p.add_argument("--box", type=float, nargs="+", action="append", required=True, metavar="C",
                    help="lower corner then upper corner (2d numbers); repeat for several boxes")
     args = p.parse_args(argv)
-    path = args.run_dir / "predictions.npz"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found: run the problem with --out {args.run_dir} first")
-    with np.load(path, allow_pickle=False) as data:
-        points, reference = data["points"], data["reference"]
-        stages = {k[len("pred_"):]: data[k] for k in data.files if k.startswith("pred_")}
+    try:
+        points, reference, stages = read_predictions(args.run_dir)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     d = points.shape[1]
     if any(len(b) != 2 * d for b in args.box):
         raise SystemExit(f"error: each --box needs {2 * d} numbers (lower corner, upper corner) for {d}-D points")
     boxes = [(b[:d], b[d:]) for b in args.box]
     if args.stage is not None:
         if args.stage not in stages:
-            raise SystemExit(f"error: no stage {args.stage!r} in {path}; it has {sorted(stages)}")
+            raise SystemExit(f"error: no stage {args.stage!r} in {args.run_dir}/predictions.npz; it has {sorted(stages)}")
         stages = {args.stage: stages[args.stage]}
     mask = inside_boxes(points, boxes)
     print(f"{int(mask.sum())} of {len(mask)} reference points ({mask.mean():.1%}) lie in the boxes")

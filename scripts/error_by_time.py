@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pinnlsr.report import read_predictions
+
 
 def error_by_time(points: np.ndarray, reference: np.ndarray, prediction: np.ndarray, times) -> list[float]:
     """Relative L2 error of ``prediction`` on the reference points nearest to each time in ``times``
@@ -34,12 +36,10 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", type=Path, help="a run folder with predictions.npz")
     p.add_argument("--times", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     args = p.parse_args(argv)
-    path = args.run_dir / "predictions.npz"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found: run the problem with --out {args.run_dir} first")
-    with np.load(path, allow_pickle=False) as data:
-        points, reference = data["points"], data["reference"]
-        stages = {k[len("pred_"):]: data[k] for k in data.files if k.startswith("pred_")}
+    try:
+        points, reference, stages = read_predictions(args.run_dir)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print("t        " + "".join(f"{name:>12}" for name in stages))
     columns = {name: error_by_time(points, reference, pred, args.times) for name, pred in stages.items()}
     for i, time in enumerate(args.times):
