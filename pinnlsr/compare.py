@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .ilsr import iterative_lsr
 from .lsr import lsr
-from .marching import time_marching_lsr
+from .marching import refine_from_points
 from .metrics import model_errors
 from .models import ParamSpec
 from .residual import residual_rows
@@ -64,8 +63,9 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
     point count), damping (initial Gauss–Newton damping, default 1e-20) and warm_start (of the
     ILSR alignment, default False) and time_windows (window ends for time-marching ILSR, see
-    :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window). Returns {"problem", "n_params", "n_points", "config",
-    "methods": {name: {rel_l2, residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}."""
+    :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window). Returns
+    {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2, residual, seconds,
+    history: [...]}}, "ratio_baseline_over_ilsr"}."""
     name = problem.name
     if cfg.get("points"):
         counts = {t.name: max(8, int(t.n_points * cfg["points"])) for t in problem.terms() if t.n_points}
@@ -102,11 +102,7 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     options = dict(outer_iterations=cfg["outer"], rank=cfg["rank"], gn_iterations=cfg["gn_iters"],
                    align_iterations=cfg["align_iterations"], seed=seed, damping=cfg.get("damping", 1e-20),
                    warm_start=cfg.get("warm_start", False))
-    if cfg.get("time_windows"):
-        counts = {k: int(v.shape[0]) for k, v in points.items()}
-        res = time_marching_lsr(problem, model, cfg["time_windows"], counts=counts, **options)
-    else:
-        res = iterative_lsr(problem, model, points=points, **options)
+    res = refine_from_points(problem, model, points, time_windows=cfg.get("time_windows"), **options)
     ilsr_s = time.perf_counter() - t
     ih, offset, window, last = [], 0.0, None, 0.0
     for h in res.history:

@@ -371,20 +371,15 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
                        "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
                        "history": [{k: h.get(k) for k in keep} for h in gn.history]})
     if args.ilsr_outer > 0:
+        from .marching import refine_from_points
+
         options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
                        oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
                        damping=args.gn_damping, align_iterations=args.align_iterations, dtau=args.dtau,
                        warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
                        memory_budget=memory_budget)
         windows = getattr(args, "time_windows", None)
-        if windows:
-            from .marching import time_marching_lsr
-
-            counts = {k: int(v.shape[0]) for k, v in points.items()}
-            res = time_marching_lsr(problem, model, windows, counts=counts, checkpoint_dir=args.out, **options)
-        else:
-            path = Path(args.out) / "ilsr.pt" if args.out is not None else None
-            res = iterative_lsr(problem, model, points=points, checkpoint=path, **options)
+        res = refine_from_points(problem, model, points, time_windows=windows, out_dir=args.out, **options)
         best = res.history[res.best_iteration]
         predictors["ilsr"] = res.model
         stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),

@@ -113,3 +113,15 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
     res.diagnostics["windows"] = summaries
     res.diagnostics["seconds"] = sum(s["seconds"] or 0.0 for s in summaries)
     return res
+
+
+def refine_from_points(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], *,
+                       time_windows=None, out_dir: str | os.PathLike | None = None, **ilsr_kwargs) -> ILSRResult:
+    """Iterative LSR of ``model`` starting from ``points`` ({term: (n, d)}), or, with
+    ``time_windows``, time marching with as many points per term in every window. With ``out_dir``
+    it checkpoints there (``ilsr.pt``, or ``ilsr_window{k}.pt`` per window) and resumes."""
+    if time_windows:
+        counts = {k: int(v.shape[0]) for k, v in points.items()}
+        return time_marching_lsr(problem, model, time_windows, counts=counts, checkpoint_dir=out_dir, **ilsr_kwargs)
+    path = Path(out_dir) / "ilsr.pt" if out_dir is not None else None
+    return iterative_lsr(problem, model, points=points, checkpoint=path, **ilsr_kwargs)
