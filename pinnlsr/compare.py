@@ -63,7 +63,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
     point count), damping (initial Gauss–Newton damping, default 1e-20) and warm_start (of the
     ILSR alignment, default False) and time_windows (window ends for time-marching ILSR, see
-    :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window). Returns
+    :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window) with last_window
+    (the last window's own rank, outer_iterations, counts). Returns
     {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2, residual, seconds,
     history: [...]}}, "ratio_baseline_over_ilsr"}."""
     name = problem.name
@@ -102,7 +103,8 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     options = dict(outer_iterations=cfg["outer"], rank=cfg["rank"], gn_iterations=cfg["gn_iters"],
                    align_iterations=cfg["align_iterations"], seed=seed, damping=cfg.get("damping", 1e-20),
                    warm_start=cfg.get("warm_start", False))
-    res = refine_from_points(problem, model, points, time_windows=cfg.get("time_windows"), **options)
+    res = refine_from_points(problem, model, points, time_windows=cfg.get("time_windows"),
+                             last_window=cfg.get("last_window"), **options)
     ilsr_s = time.perf_counter() - t
     ih, offset, window, last = [], 0.0, None, 0.0
     for h in res.history:

@@ -349,6 +349,23 @@ def _checkpoint(path: Path, net, generator, points, history, best, next_iteratio
     })
 
 
+def last_window_options(settings) -> dict | None:
+    """The last time window's own ILSR settings (see :func:`~pinnlsr.marching.time_marching_lsr`)
+    from ``last_window_rank``, ``last_window_outer`` and ``last_window_points`` ({term: n} or
+    ["TERM=N", ...]) of ``settings``: parsed CLI arguments or a problem's DEFAULTS. None when none
+    is set."""
+    from .runner import parse_counts
+
+    get = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key, None)
+    points = get("last_window_points") or {}
+    counts = dict(points) if isinstance(points, dict) else parse_counts(points)
+    given = {"rank": get("last_window_rank"), "outer_iterations": get("last_window_outer"), "counts": counts or None}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides and not get("time_windows"):
+        raise ValueError("last_window_rank/outer/points set the last time window's ILSR: they need time_windows")
+    return overrides or None
+
+
 def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
                      dtype: torch.dtype, device, memory_budget: int | None,
                      predictors: dict | None = None) -> list[dict]:
@@ -379,7 +396,8 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
                        warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
                        memory_budget=memory_budget)
         windows = getattr(args, "time_windows", None)
-        res = refine_from_points(problem, model, points, time_windows=windows, out_dir=args.out, **options)
+        res = refine_from_points(problem, model, points, time_windows=windows, last_window=last_window_options(args),
+                                 out_dir=args.out, **options)
         best = res.history[res.best_iteration]
         predictors["ilsr"] = res.model
         stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),

@@ -13,6 +13,7 @@ from [t0, t1] onto [t0, T_k]; fixed points later than T_k are left out.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Callable
@@ -73,13 +74,17 @@ class TimeWindow(PDEProblem):
 
 def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts: dict[str, int] | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, seed: int = 0,
-                      callback: Callable[[dict], None] | None = None, **ilsr_kwargs) -> ILSRResult:
+                      callback: Callable[[dict], None] | None = None, last_window: dict | None = None,
+                      **ilsr_kwargs) -> ILSRResult:
     """Iterative LSR of ``model`` on the windows [t0, T] for T in ``windows`` (increasing, the last
     one t1), each starting from the network the previous one aligned.
 
     ``counts`` gives the points per term of every window (default: the problem's own numbers);
     ``ilsr_kwargs`` go to :func:`~pinnlsr.ilsr.iterative_lsr` (outer_iterations per window, rank,
-    align_iterations, ...); window k uses seed ``seed + k``. With ``checkpoint_dir`` each window
+    align_iterations, ...); window k uses seed ``seed + k``. ``last_window`` overrides them for the
+    last window only (e.g. ``{"rank": 2000, "outer_iterations": 2, "counts": {"pde": 12000}}``):
+    the earlier windows only have to keep the network on the right trajectory, the last one sets
+    the accuracy of the returned predictor, so that is where a larger rank and more points pay. With ``checkpoint_dir`` each window
     checkpoints to ``ilsr_window{k}.pt`` there, so an interrupted run resumes in the window it
     stopped in (finished windows are read back, not recomputed). Returns the last window's result
     (its predictor covers the whole interval) with the history of all windows, every record
@@ -90,6 +95,11 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
         raise ValueError(f"windows must be a non-empty increasing list of end times, got {windows}")
     if isinstance(domain, TimeDomain) and abs(windows[-1] - domain.t1) > 1e-12:
         raise ValueError(f"the last window must end at t1 = {domain.t1}, got {windows[-1]}")
+    overrides = dict(last_window or {})
+    last_counts = overrides.pop("counts", None)
+    unknown = set(overrides) - set(inspect.signature(iterative_lsr).parameters)
+    if unknown:
+        raise ValueError(f"last_window: {sorted(unknown)} are not arguments of iterative_lsr")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -102,8 +112,11 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
                 callback({"window": t_end, **rec})
 
         path = folder / f"ilsr_window{k}.pt" if folder is not None else None
-        res = iterative_lsr(window, net, counts=counts, seed=seed + k, checkpoint=path, callback=tagged,
-                            **ilsr_kwargs)
+        last = k == len(windows) - 1
+        window_counts = {**(counts or {}), **(last_counts or {})} if last and last_counts else counts
+        options = {**ilsr_kwargs, **overrides} if last else ilsr_kwargs
+        res = iterative_lsr(window, net, counts=window_counts, seed=seed + k, checkpoint=path, callback=tagged,
+                            **options)
         offset = len(history)
         history.extend({"window": t_end, **rec} for rec in res.history)
         summaries.append({"window": t_end, **{key: res.diagnostics.get(key) for key in
@@ -116,12 +129,17 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
 
 
 def refine_from_points(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], *,
-                       time_windows=None, out_dir: str | os.PathLike | None = None, **ilsr_kwargs) -> ILSRResult:
+                       time_windows=None, last_window: dict | None = None,
+                       out_dir: str | os.PathLike | None = None, **ilsr_kwargs) -> ILSRResult:
     """Iterative LSR of ``model`` starting from ``points`` ({term: (n, d)}), or, with
-    ``time_windows``, time marching with as many points per term in every window. With ``out_dir``
-    it checkpoints there (``ilsr.pt``, or ``ilsr_window{k}.pt`` per window) and resumes."""
+    ``time_windows``, time marching with as many points per term in every window (``last_window``:
+    the last window's own settings, see :func:`time_marching_lsr`). With ``out_dir`` it checkpoints
+    there (``ilsr.pt``, or ``ilsr_window{k}.pt`` per window) and resumes."""
     if time_windows:
         counts = {k: int(v.shape[0]) for k, v in points.items()}
-        return time_marching_lsr(problem, model, time_windows, counts=counts, checkpoint_dir=out_dir, **ilsr_kwargs)
+        return time_marching_lsr(problem, model, time_windows, counts=counts, checkpoint_dir=out_dir,
+                                 last_window=last_window, **ilsr_kwargs)
+    if last_window:
+        raise ValueError("last_window sets the last time window's options: it needs time_windows")
     path = Path(out_dir) / "ilsr.pt" if out_dir is not None else None
     return iterative_lsr(problem, model, points=points, checkpoint=path, **ilsr_kwargs)

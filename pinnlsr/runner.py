@@ -82,6 +82,12 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     p.add_argument("--time-windows", type=float, nargs="+", default=d.get("time_windows"), metavar="T",
                    help="march the ILSR stage over windows [t0, T] (increasing, the last = t1), --ilsr-outer "
                         "iterations each; resumes from OUT/ilsr_window*.pt (time-dependent problems)")
+    p.add_argument("--last-window-rank", type=int, default=d.get("last_window_rank"),
+                   help="rank of the last time window's ILSR (default: --rank)")
+    p.add_argument("--last-window-outer", type=int, default=d.get("last_window_outer"),
+                   help="ILSR outer iterations of the last time window (default: --ilsr-outer)")
+    p.add_argument("--last-window-points", nargs="*", default=[f"{k}={v}" for k, v in d.get("last_window_points", {}).items()],
+                   metavar="TERM=N", help="points per term of the last time window (default: as --points)")
     return p
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from pinnlsr.compare import FULL, QUICK, compare_methods, plot, table
+from pinnlsr.ilsr import last_window_options
 from pinnlsr.io import atomic_write_json, atomic_write_text
 
 PROBLEMS = {
@@ -51,11 +52,14 @@ FROM_DEFAULTS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters", "ran
 
 def settings(name: str, quick: bool) -> dict:
     """The benchmark settings of one problem: FULL, then the FROM_DEFAULTS keys of the problem
-    module's DEFAULTS (pretraining, rank, Gauss–Newton steps, time windows), then ILSR_SETTINGS."""
+    module's DEFAULTS (pretraining, rank, Gauss–Newton steps, time windows and the last window's
+    own settings), then ILSR_SETTINGS."""
     if quick:
         return dict(QUICK)
     defaults = getattr(importlib.import_module(PROBLEMS[name][0]), "DEFAULTS", {})
-    return {**FULL, **{k: defaults[k] for k in FROM_DEFAULTS if k in defaults}, **ILSR_SETTINGS.get(name, {})}
+    cfg = {**FULL, **{k: defaults[k] for k in FROM_DEFAULTS if k in defaults}, **ILSR_SETTINGS.get(name, {})}
+    last_window = last_window_options(defaults)
+    return {**cfg, "last_window": last_window} if last_window else cfg
 
 
 def run_problem(name: str, quick: bool, seed: int) -> dict:

@@ -88,3 +88,38 @@ def test_runner_time_windows_stage(tmp_path):
         assert [k for k in data.files if k.startswith("pred_")] == ["pred_adam", "pred_lsr", "pred_ilsr"]
         ref, pred = data["reference"], data["pred_ilsr"]
     assert np.linalg.norm(pred - ref) / np.linalg.norm(ref) == pytest.approx(stage["rel_l2"], rel=1e-6)
+
+
+def test_last_window_has_its_own_rank_outer_iterations_and_points(tmp_path):
+    from pinnlsr.marching import refine_from_points
+
+    problem = small_allen_cahn()
+    model = problem.default_model(torch.Generator().manual_seed(0))
+    last = {"rank": 12, "outer_iterations": 2, "counts": {"pde": 60}}
+    res = time_marching_lsr(problem, model, [0.5, 1.0], checkpoint_dir=tmp_path, last_window=last, **ILSR)
+    assert [(h["window"], h["iteration"]) for h in res.history] == [(0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1), (1.0, 2)]
+    assert [h.get("rank") for h in res.history if h["iteration"] > 0] == [8, 12, 12]
+    first, second = (torch.load(tmp_path / f"ilsr_window{k}.pt", weights_only=True)["points"] for k in (0, 1))
+    assert (first["pde"].shape[0], first["ic"].shape[0]) == (40, 10)
+    assert (second["pde"].shape[0], second["ic"].shape[0]) == (60, 10)  # terms not named keep their count
+    with pytest.raises(ValueError, match=r"\['ranks'\] are not arguments of iterative_lsr"):
+        time_marching_lsr(problem, model, [1.0], last_window={"ranks": 3}, **ILSR)
+    with pytest.raises(ValueError, match="needs time_windows"):
+        refine_from_points(problem, model, problem.sample_points(torch.Generator()), last_window=last, **ILSR)
+
+
+def test_runner_last_window_flags(tmp_path):
+    from pinnlsr.runner import main
+
+    out = tmp_path / "run"
+    argv = ["--points", "pde=40", "ic=10", "--adam-steps", "5", "--lbfgs-steps", "0", "--rank", "8",
+            "--ilsr-outer", "1", "--align-iterations", "2", "--time-windows", "0.5", "1", "--quiet", "--no-plot",
+            "--last-window-rank", "12", "--last-window-outer", "2", "--last-window-points", "pde=60", "--out", str(out)]
+    assert main(lambda: AllenCahn1D(widths=(6,)), argv=argv) == 0
+    stage = json.loads((out / "metrics.json").read_text())["stages"][-1]
+    assert [(h["window"], h["iteration"]) for h in stage["history"]][-3:] == [(1.0, 0), (1.0, 1), (1.0, 2)]
+    assert torch.load(out / "ilsr_window1.pt", weights_only=True)["points"]["pde"].shape[0] == 60
+    # without time windows the flags have nothing to apply to: a clear error, no run
+    at = argv.index("--time-windows")
+    argv_plain = argv[:at] + argv[at + 3:]
+    assert main(lambda: AllenCahn1D(widths=(6,)), argv=argv_plain + ["--out", str(tmp_path / "plain")]) == 2
