@@ -14,7 +14,7 @@ import torch
 
 from .lsr import lsr
 from .marching import refine_from_points
-from .metrics import model_errors
+from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .residual import residual_rows
 from .train import train_adam, train_lbfgs
@@ -56,7 +56,7 @@ def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log
     return hist, seconds
 
 
-def compare_methods(problem, cfg: dict, seed: int) -> dict:
+def compare_methods(problem, cfg: dict, seed: int, predictions: dict | None = None) -> dict:
     """Adam, Adam + L-BFGS, one-shot LSR and Iterative LSR on one problem (see the module docstring).
 
     ``cfg`` has adam_steps, lr, final_lr (Adam's exponential schedule), lbfgs_steps, outer,
@@ -66,7 +66,9 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window) with last_window
     (the last window's own rank, outer_iterations, counts). Returns
     {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2, residual, seconds,
-    history: [...]}}, "ratio_baseline_over_ilsr"}."""
+    history: [...]}}, "ratio_baseline_over_ilsr"}. A dict passed as ``predictions`` receives each
+    method's final outputs at the reference points ({method: (N, k) array}; "points" and
+    "reference" too), for :func:`~pinnlsr.report.write_predictions`."""
     name = problem.name
     if cfg.get("points"):
         counts = {t.name: max(8, int(t.n_points * cfg["points"])) for t in problem.terms() if t.n_points}
@@ -75,6 +77,13 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     model = problem.default_model(gen)
     points = problem.sample_points(gen, counts=counts)
+    ref = reference_on(problem, torch.float64, "cpu") if predictions is not None else None
+    if ref is not None:
+        predictions.update(points=ref[0].numpy(), reference=ref[1].numpy())
+
+    def keep(method: str, predictor) -> None:
+        if ref is not None:
+            predictions[method] = predict(predictor, ref[0]).numpy()
     out = {"problem": name, "n_params": ParamSpec.of(model).numel, "config": dict(cfg),
            "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "methods": {}}
     n_adam, n_lbfgs = cfg["adam_steps"], cfg["lbfgs_steps"]
@@ -83,11 +92,13 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
                                        max(1, n_adam // PROBES), lr=cfg["lr"], final_lr=cfg["final_lr"])
     adam_state = ParamSpec.of(model).flatten(model).clone()
     out["methods"]["adam"] = {"history": hist + adam_hist, "seconds": adam_s, **adam_hist[-1]}
+    keep("adam", model)
     lb_s = 0.0
     if n_lbfgs > 0:
         lb_hist, lb_s = timed_training("lbfgs", problem, model, points, n_lbfgs, adam_s, n_adam,
                                        max(1, n_lbfgs // PROBES))
         out["methods"]["adam+lbfgs"] = {"history": lb_hist, "seconds": adam_s + lb_s, **lb_hist[-1]}
+        keep("adam+lbfgs", model)
     lbfgs_state = ParamSpec.of(model).flatten(model).clone()
     base = adam_s + lb_s
 
@@ -99,6 +110,7 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
                              "history": [{"iteration": n_adam + n_lbfgs + 1,
                                           "seconds": base + d["seconds"]["total"],
                                           "residual": d["residual_after"], "rel_l2": d.get("rel_l2_after")}]}
+    keep("lsr", r.model)
     t = time.perf_counter()
     options = dict(outer_iterations=cfg["outer"], rank=cfg["rank"], gn_iterations=cfg["gn_iters"],
                    align_iterations=cfg["align_iterations"], seed=seed, damping=cfg.get("damping", 1e-20),
@@ -118,6 +130,7 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
                               "residual": best["residual"], "seconds": base + ilsr_s, "history": ih,
                               "best_iteration": res.best_iteration}
+    keep("ilsr", res.model)
     # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning
     # rate) for the time L-BFGS + ILSR took, and L-BFGS (from the L-BFGS state) for ILSR's time.
     spec = ParamSpec.of(model)
@@ -128,6 +141,7 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
                           max(1, int(rate * extra / PROBES)), max_seconds=extra,
                           lr=cfg["final_lr"] or cfg["lr"], final_lr=None)
     out["methods"]["adam_long"] = {"history": h, "seconds": adam_s + s, **h[-1]}
+    keep("adam_long", model)
     spec.assign(model, lbfgs_state)
     # L-BFGS iterations per second; without an L-BFGS phase, guess one iteration ≈ its 20
     # function evaluations ≈ 20 Adam steps (only the spacing of the history points depends on it)
@@ -135,6 +149,7 @@ def compare_methods(problem, cfg: dict, seed: int) -> dict:
     h, s = timed_training("lbfgs", problem, model, points, 10**9, base, n_adam + n_lbfgs,
                           max(1, int(lb_rate * ilsr_s / PROBES)), max_seconds=ilsr_s)
     out["methods"]["lbfgs_long"] = {"history": h, "seconds": base + s, **h[-1]}
+    keep("lbfgs_long", model)
     baselines = [k for k in ("adam", "adam+lbfgs", "adam_long", "lbfgs_long") if k in out["methods"]]
     baseline = min(out["methods"][k]["rel_l2"] for k in baselines)
     out["ratio_baseline_over_ilsr"] = baseline / out["methods"]["ilsr"]["rel_l2"]

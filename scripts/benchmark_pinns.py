@@ -8,7 +8,10 @@ wall time that L-BFGS + ILSR took ("adam_long", "lbfgs_long"). Writes, under --o
 - ``benchmark_pinns.md``: the table (relative L2 against the reference, residual, seconds) and,
   per problem, the ratio best(Adam, Adam+L-BFGS at >= the same time) / ILSR;
 - ``benchmark_pinns.json``: every number and every convergence history;
-- ``NAME_convergence.png``: error and residual against iteration and against seconds, all methods.
+- ``NAME_convergence.png``: error and residual against iteration and against seconds, all methods;
+- ``NAME/predictions.npz``: every method's final prediction at the reference points, so
+  ``scripts/error_by_region.py OUT/NAME --stage METHOD`` and ``scripts/error_by_time.py`` read it
+  as they read a run folder.
 
     python scripts/benchmark_pinns.py --out results/pinns                 # default sizes (hours)
     python scripts/benchmark_pinns.py --problems helmholtz2d --out results/pinns_helmholtz2d
@@ -25,6 +28,7 @@ from pathlib import Path
 from pinnlsr.compare import FULL, QUICK, compare_methods, plot, table
 from pinnlsr.ilsr import last_window_options
 from pinnlsr.io import atomic_write_json, atomic_write_text
+from pinnlsr.report import write_predictions
 
 PROBLEMS = {
     "burgers1d": ("problems.burgers1d", "Burgers1D"),
@@ -62,10 +66,16 @@ def settings(name: str, quick: bool) -> dict:
     return {**cfg, "last_window": last_window} if last_window else cfg
 
 
-def run_problem(name: str, quick: bool, seed: int) -> dict:
+def run_problem(name: str, quick: bool, seed: int, out: Path) -> dict:
     module, cls = PROBLEMS[name]
     problem = getattr(importlib.import_module(module), cls)(**(QUICK_KWARGS if quick else {}))
-    return compare_methods(problem, settings(name, quick), seed)
+    predictions = {}
+    result = compare_methods(problem, settings(name, quick), seed, predictions=predictions)
+    if predictions:
+        (out / name).mkdir(exist_ok=True)
+        write_predictions(out / name / "predictions.npz", predictions.pop("points"), predictions.pop("reference"),
+                          predictions)
+    return result
 
 
 def main(argv=None) -> int:
@@ -79,7 +89,7 @@ def main(argv=None) -> int:
     results = []
     for name in args.problems:
         t = time.perf_counter()
-        res = run_problem(name, args.quick, args.seed)
+        res = run_problem(name, args.quick, args.seed, args.out)
         results.append(res)
         plot(res, args.out / f"{name}_convergence.png")
         atomic_write_json(args.out / "benchmark_pinns.json", {"quick": args.quick, "seed": args.seed,

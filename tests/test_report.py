@@ -138,8 +138,16 @@ def test_compare_methods_marches_over_time_windows():
 
     cfg = dict(QUICK, rank=40, outer=1, gn_iters=1, align_iterations=2, adam_steps=20, lbfgs_steps=2,
                time_windows=[0.5, 1.0])
-    result = compare_methods(AllenCahn1D(widths=(8, 8)), cfg, seed=0)
+    predictions = {}
+    result = compare_methods(AllenCahn1D(widths=(8, 8)), cfg, seed=0, predictions=predictions)
     ilsr = result["methods"]["ilsr"]
+    # each method's final prediction at the reference points comes back, and gives its error
+    ref = predictions.pop("reference")
+    assert predictions.pop("points").shape == (ref.shape[0], 2)
+    assert set(predictions) == set(result["methods"])
+    for name, pred in predictions.items():
+        rel = np.linalg.norm(pred - ref) / np.linalg.norm(ref)
+        assert rel == pytest.approx(result["methods"][name]["rel_l2"], rel=1e-8), name
     windows = [h["window"] for h in ilsr["history"]]
     assert windows == sorted(windows) and set(windows) == {0.5, 1.0}
     secs = [h["seconds"] for h in ilsr["history"]]
