@@ -28,7 +28,7 @@ from .problem import PDEProblem, Term
 
 class TimeWindow(PDEProblem):
     """``problem`` restricted to t in [t0, t_end]: its terms with sampled times (last column)
-    squeezed from [t0, t1] onto [t0, t_end]; the reference (errors) stays the whole domain's.
+    squeezed from [t0, t1] onto [t0, t_end], and its reference points with t <= t_end.
     ``problem.domain`` must be a :class:`~pinnlsr.geometry.TimeDomain`."""
 
     def __init__(self, problem: PDEProblem, t_end: float):
@@ -66,7 +66,14 @@ class TimeWindow(PDEProblem):
         return sample
 
     def reference(self):
-        return self.base.reference()
+        """The base problem's reference points with t <= t_end (a window's predictor is fitted
+        there only; elsewhere it extrapolates), so a window's errors are its own."""
+        ref = self.base.reference()
+        if ref is None:
+            return None
+        x, u = (torch.as_tensor(a) for a in ref)
+        keep = x[:, -1] <= self.t_end + 1e-12
+        return x[keep], u[keep]
 
     def default_model(self, *args, **kwargs) -> nn.Module:
         return self.base.default_model(*args, **kwargs)
