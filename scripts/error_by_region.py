@@ -7,6 +7,10 @@ A box is given by its lower and upper corner, d numbers each (``--box X0 Y0 X1 Y
 
     python -m problems.lid_driven --out runs/lid_driven
     python scripts/error_by_region.py runs/lid_driven --stage ilsr --box 0 0.95 0.05 1 --box 0.95 0.95 1 1
+
+``--around X Y --radii R ...`` prints instead how the reference and the prediction behave towards a
+point (a corner where the solution may be singular): their means, per output, over the reference
+points at distance r/√2 <= |x - point| < r·√2 (one octave around each r).
 """
 from __future__ import annotations
 
@@ -41,25 +45,59 @@ def error_by_region(points: np.ndarray, reference: np.ndarray, prediction: np.nd
     return rows
 
 
+def radial_profile(points: np.ndarray, values: np.ndarray, center, radii) -> list[tuple[int, np.ndarray]]:
+    """For each r in ``radii``: (number of points, mean of ``values`` (N, k) over them) for the
+    points at distance r/√2 <= |x - center| < r·√2; the mean is NaN where there are none."""
+    dist = np.linalg.norm(points - np.asarray(center, dtype=float), axis=1)
+    out = []
+    for r in radii:
+        band = (dist >= r / np.sqrt(2)) & (dist < r * np.sqrt(2))
+        mean = values[band].mean(axis=0) if band.any() else np.full(values.shape[1], np.nan)
+        out.append((int(band.sum()), mean))
+    return out
+
+
+def print_profile(points, reference, stages, center, radii) -> None:
+    print(f"mean values at distance r (one octave) from {tuple(center)}")
+    print(f"{'r':>10}{'points':>8}  " + "  ".join(f"{name:>10}" for name in ["reference", *stages]))
+    profiles = [radial_profile(points, v, center, radii) for v in [reference, *stages.values()]]
+    for i, r in enumerate(radii):
+        count = profiles[0][i][0]
+        cells = ["[" + " ".join(f"{m:.3f}" for m in prof[i][1]) + "]" for prof in profiles]
+        print(f"{r:>10.4g}{count:>8}  " + "  ".join(cells))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a run folder with predictions.npz")
     p.add_argument("--stage", default=None, help="stage to report (default: every pred_* in the file)")
-    p.add_argument("--box", type=float, nargs="+", action="append", required=True, metavar="C",
+    p.add_argument("--box", type=float, nargs="+", action="append", default=[], metavar="C",
                    help="lower corner then upper corner (2d numbers); repeat for several boxes")
+    p.add_argument("--around", type=float, nargs="+", default=None, metavar="C",
+                   help="a point (d numbers): print the radial profile towards it instead of boxes")
+    p.add_argument("--radii", type=float, nargs="+", default=[0.004, 0.008, 0.016, 0.032, 0.064, 0.128],
+                   help="distances of the --around profile")
     args = p.parse_args(argv)
+    if not args.box and args.around is None:
+        raise SystemExit("error: give at least one --box, or --around")
     try:
         points, reference, stages = read_predictions(args.run_dir)
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from None
     d = points.shape[1]
-    if any(len(b) != 2 * d for b in args.box):
-        raise SystemExit(f"error: each --box needs {2 * d} numbers (lower corner, upper corner) for {d}-D points")
-    boxes = [(b[:d], b[d:]) for b in args.box]
     if args.stage is not None:
         if args.stage not in stages:
             raise SystemExit(f"error: no stage {args.stage!r} in {args.run_dir}/predictions.npz; it has {sorted(stages)}")
         stages = {args.stage: stages[args.stage]}
+    if args.around is not None:
+        if len(args.around) != d:
+            raise SystemExit(f"error: --around needs {d} numbers for {d}-D points")
+        print_profile(points, reference, stages, args.around, args.radii)
+        if not args.box:
+            return 0
+    if any(len(b) != 2 * d for b in args.box):
+        raise SystemExit(f"error: each --box needs {2 * d} numbers (lower corner, upper corner) for {d}-D points")
+    boxes = [(b[:d], b[d:]) for b in args.box]
     mask = inside_boxes(points, boxes)
     print(f"{int(mask.sum())} of {len(mask)} reference points ({mask.mean():.1%}) lie in the boxes")
     print(f"{'stage':<14}{'output':<8}{'rel. L2':>12}{'share in boxes':>16}{'rel. L2 outside':>17}")

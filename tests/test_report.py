@@ -181,5 +181,16 @@ def test_error_by_region_script(tmp_path, capsys):
     assert mod.main([str(tmp_path), "--box", "0.9", "0.9", "1", "1"]) == 0
     out = capsys.readouterr().out
     assert "4 of 121" in out and "100.0%" in out
+    # radial profile towards a corner: means over octave bands of distance
+    values = np.log(np.hypot(points[:, :1], points[:, 1:]) + 1e-3)  # log-singular at the origin
+    (n1, m1), (n2, m2), (n0, m0) = mod.radial_profile(points, values, (0.0, 0.0), [0.09, 0.18, 0.01])
+    assert (n1, n2, n0) == (2, 5, 0)  # distances 0.1, 0.1 | 0.141, 0.2, 0.2, 0.224, 0.224 | none
+    assert m1[0] == pytest.approx(np.log(0.101))
+    assert m2[0] == pytest.approx(np.mean(np.log(np.array([0.02, 0.04, 0.04, 0.05, 0.05]) ** 0.5 + 1e-3)))
+    assert np.isnan(m0[0])
+    assert mod.main([str(tmp_path), "--around", "1", "1", "--radii", "0.1"]) == 0
+    assert "(1.0, 1.0)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--box, or --around"):
+        mod.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="4 numbers"):
         mod.main([str(tmp_path), "--box", "0.9", "1"])
