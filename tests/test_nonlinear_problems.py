@@ -124,3 +124,23 @@ def test_benchmark_settings_have_a_valid_subspace():
         problem = getattr(importlib.import_module(module), cls)()
         n_params = ParamSpec.of(problem.default_model(torch.Generator().manual_seed(0))).numel
         assert resolve_subspace(n_params, bench.settings(name, quick=False)["rank"], "auto"), name
+
+
+def test_lid_driven_crowds_pde_points_at_the_lid_corners():
+    from problems.lid_driven import LidDriven
+
+    def near_corners(x, radius):
+        r = torch.minimum(torch.hypot(x[:, 0], 1 - x[:, 1]), torch.hypot(1 - x[:, 0], 1 - x[:, 1]))
+        return float((r < radius).float().mean())
+
+    x = LidDriven().sample_pde_points(4000, torch.Generator().manual_seed(0))
+    assert x.shape == (4000, 2) and bool(((x >= 0) & (x <= 1)).all())
+    # 20% in the two 0.1 squares, graded: far more within 0.01 of a corner than uniform points (0.016%)
+    assert near_corners(x, 0.01) > 0.03
+    uniform = LidDriven(corner_fraction=0.0).sample_pde_points(4000, torch.Generator().manual_seed(0))
+    assert near_corners(uniform, 0.01) < 0.002
+    in_squares = LidDriven(corner_grading=1.0).sample_pde_points(4000, torch.Generator().manual_seed(0))
+    assert float(((in_squares[:, 1] > 0.9) & ((in_squares[:, 0] < 0.1) | (in_squares[:, 0] > 0.9))).float().mean()) \
+        == pytest.approx(0.2 + 0.8 * 0.02, abs=0.02)
+    with pytest.raises(ValueError, match="corner_fraction"):
+        LidDriven(corner_fraction=1.0)
