@@ -91,9 +91,9 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
     align_iterations, ...); window k uses seed ``seed + k``. ``last_window`` overrides them for the
     last window only (e.g. ``{"rank": 2000, "outer_iterations": 2, "counts": {"pde": 12000}}``):
     the earlier windows only have to keep the network on the right trajectory, the last one sets
-    the accuracy of the returned predictor, so that is where a larger rank and more points pay. With ``checkpoint_dir`` each window
-    checkpoints to ``ilsr_window{k}.pt`` there, so an interrupted run resumes in the window it
-    stopped in (finished windows are read back, not recomputed). Returns the last window's result
+    the accuracy of the returned predictor, so that is where a larger rank and more points pay.
+    With ``checkpoint_dir`` each window checkpoints to ``ilsr_window{k}.pt`` there, so an
+    interrupted run resumes in the window it stopped in (finished windows are read back, not recomputed). Returns the last window's result
     (its predictor covers the whole interval) with the history of all windows, every record
     carrying its ``window`` end time; its ``diagnostics["windows"]`` has one summary per window."""
     windows = [float(t) for t in windows]
