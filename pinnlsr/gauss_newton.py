@@ -17,7 +17,7 @@ Starting from z = 0 with μ → 0 the first step is exactly one-shot LSR.
 """
 from __future__ import annotations
 
-import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,9 +26,11 @@ import torch
 from torch import nn
 
 from . import jacobian as jac
+from .jets import JetLoss
+from .linearize import JacobianOperator
 from .lsr import _resolve_device, choose_basis, prepare_model
 from .metrics import model_errors
-from .models import LinearizedModel, ParamSpec
+from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
 from .residual import Rows, output_rows, residual_rows
 from .solvers import no_tf32
@@ -61,10 +63,9 @@ def _norm(v: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(v))
 
 
-def _safe_values(rows: Rows, z: torch.Tensor) -> torch.Tensor | None:
+def _safe_values(values: JetLoss, z: torch.Tensor) -> torch.Tensor | None:
     """f(z), or None when it is not finite (a diverging trial step)."""
-    with torch.no_grad():
-        f = rows.values(z, check=False)
+    f = values.values(z)
     return f if bool(torch.isfinite(f).all()) else None
 
 
@@ -77,33 +78,29 @@ def z_jacobian(rows: Rows, z: torch.Tensor, n_base_params: int, memory_budget: i
     return jac.jacobian(rows, z, max(1, budget * r // (r + 4 * n_base_params)))
 
 
-class ShiftedNetwork(nn.Module):
-    """The base network plus the predictor's fixed correction: x -> u(θ, x) + J(x)·V·z.
-
-    J, V and z stay frozen at θ0 while θ (the base network's parameters) varies, so at θ = θ0 this
-    *is* the refined predictor u_lin(·; z), and the residual's Jacobian in θ there, times V, is
-    df/dz of the predictor's residual: the PDE linearized around u_lin applied to the columns of
-    J·V. That is the same row computation as one LSR step, far cheaper than differentiating
-    through the JVP inside the predictor."""
-
-    def __init__(self, predictor: LinearizedModel):
-        super().__init__()
-        self.net = copy.deepcopy(predictor.base)
-        for p in self.net.parameters():
-            p.requires_grad_(True)
-        object.__setattr__(self, "_predictor", predictor)  # not a submodule: its z is not a parameter here
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) + self._predictor.correction(x)
-
-
 def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: dict[str, torch.Tensor],
-                     memory_budget: int | None = None, mode: str = "explicit") -> torch.Tensor:
+                     memory_budget: int | None = None, mode: str = "auto", backends: dict | None = None) -> torch.Tensor:
     """A = df/dz (n, r) of the residual rows of ``predictor`` at its current z, computed as
-    G_shift(θ0)·V with :class:`ShiftedNetwork` (equal to differentiating in z directly)."""
+    G_shift(θ0)·V with :class:`ShiftedNetwork` (equal to differentiating in z directly); with
+    ``mode="auto"`` from the jet rows of the shifted network. ``backends`` (a dict) receives the
+    path each term took."""
     shifted = ShiftedNetwork(predictor)
     rows = residual_rows(problem, shifted, points)
-    return jac.apply(rows, predictor.theta0, predictor.basis, mode, memory_budget)
+    op = JacobianOperator(rows, predictor.theta0, mode, memory_budget)
+    if backends is not None:
+        backends.update(op.backends)
+    return op.matmul(predictor.basis)
+
+
+def reduce_to_r(a: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(R11 (r, r), r12 (r,), ρ) with [a | f] = Q [[R11, r12], [0, ρ]] for a tall a (n, r) and
+    f (n,): every least-squares quantity of min ||f + a δ|| (and its damped versions) follows from
+    these, so the SVD acts on the small R11 instead of the tall a (Householder QR in a's dtype)."""
+    n, r = a.shape
+    if n <= r:
+        raise ValueError(f"reduce_to_r needs more rows than columns, got {n} x {r}")
+    rr = torch.linalg.qr(torch.cat([a, f.unsqueeze(1)], 1), mode="r")[1]
+    return rr[:r, :r], rr[:r, r], float(rr[r, r].abs())
 
 
 def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,
@@ -142,6 +139,7 @@ def tangent_gauss_newton(
     compute_errors: bool = True,
     callback: Callable[[dict], None] | None = None,
     jacobian: str = "shifted",
+    jacobian_mode: str = "auto",
 ) -> GaussNewtonResult:
     """Levenberg–Marquardt in the coefficients z of the refined predictor around ``model``.
 
@@ -170,6 +168,11 @@ def tangent_gauss_newton(
         jacobian: how A = df/dz is formed each iteration: "shifted" (rows of
             :class:`ShiftedNetwork` in θ times V, the cost of one LSR product) or "direct"
             (``vmap(jacrev)`` in z through the predictor's JVP; slower, kept as the oracle).
+        jacobian_mode: backend of the shifted network's rows and of the basis sketch ("auto":
+            jets where they apply; see :mod:`pinnlsr.linearize`); ``diagnostics`` records them.
+
+    Each step reduces [A | f] to its R factor (Householder QR) and takes the SVD of the r×r R11,
+    so damped trial steps and their linearized residuals cost O(r²) each.
     """
     t_start = time.perf_counter()
     if max_iters < 0 or max_tries < 1 or patience < 1:
@@ -201,7 +204,7 @@ def tangent_gauss_newton(
         theta0 = spec.flatten(net)
         out_rows = output_rows(net, torch.cat(list(points.values())), spec)
         basis = choose_basis(out_rows, theta0, rank, subspace, oversampling, power_iterations, generator,
-                             scale_basis, "explicit", memory_budget)
+                             scale_basis, jacobian_mode, memory_budget)
     r = basis.V.shape[1]
     z = torch.zeros(r, dtype=dtype, device=device) if z0 is None else z0.detach().to(dtype=dtype, device=device).clone()
     if z.shape != (r,):
@@ -209,10 +212,13 @@ def tangent_gauss_newton(
     lin = LinearizedModel(net, basis.V, z)
     rows = residual_rows(problem, lin, points)
     val_rows = residual_rows(validation or problem, lin, validation_points)
+    # residual values of the predictor by jets where they apply (one jet pass and one jvp)
+    train_values, val_values = JetLoss(rows, lin, z), JetLoss(val_rows, lin, z)
+    backends: dict[str, str] = {}
 
     def record(it: int, f_norm: float, **extra) -> dict:
         with torch.no_grad():
-            val = _norm(val_rows.values(z, check=False))
+            val = _norm(val_values.values(z))
         rec = {"iteration": it, "residual": f_norm, "validation_residual": val, **extra}
         if compute_errors:
             lin.z.data.copy_(z)
@@ -220,8 +226,9 @@ def tangent_gauss_newton(
         rec["seconds"] = time.perf_counter() - t_start
         return rec
 
-    with torch.no_grad():
-        f = rows.values(z)
+    f = train_values.values(z)
+    if not bool(torch.isfinite(f).all()):
+        rows.values(z)  # raises the error that names the term
     f_norm = _norm(f)
     history = [record(0, f_norm, linearized_residual=None, damping=None, step_norm=0.0, gain_ratio=None,
                       tries=0, rejected=0)]
@@ -234,14 +241,19 @@ def tangent_gauss_newton(
         with no_tf32():
             if jacobian == "shifted":
                 lin.z.data.copy_(z)
-                a = shifted_jacobian(problem, lin, points, memory_budget)
+                a = shifted_jacobian(problem, lin, points, memory_budget, jacobian_mode, backends)
             else:
                 a = z_jacobian(rows, z, spec.numel, memory_budget)
-            u, s, vh = torch.linalg.svd(a, full_matrices=False)
+            if a.shape[0] > a.shape[1]:  # least squares through R: the SVD of the small R11
+                r11, r12, rho = reduce_to_r(a, f)
+                u, s, vh = torch.linalg.svd(r11, full_matrices=False)
+            else:
+                r11 = r12 = None
+                u, s, vh = torch.linalg.svd(a, full_matrices=False)
         cut = (rcond if rcond is not None else max(a.shape) * torch.finfo(dtype).eps) * float(s[0])
         keep = s > cut
         u, s, vh = u[:, keep], s[keep], vh[keep]
-        g = u.T @ f
+        g = u.T @ (f if r11 is None else r12)
         s_max2 = float(s[0]) ** 2 if s.numel() else 1.0
         mu = damping * s_max2 if mu is None else mu
         nu, tries, accepted = 10.0, 0, None
@@ -249,8 +261,8 @@ def tangent_gauss_newton(
             tries += 1
             delta = -(vh.T @ ((s / (s**2 + mu)) * g))
             z_try = z + delta
-            f_try = _safe_values(rows, z_try)
-            lin_res = _norm(f + a @ delta)
+            f_try = _safe_values(train_values, z_try)
+            lin_res = _norm(f + a @ delta) if r11 is None else math.hypot(_norm(r11 @ delta + r12), rho)
             if f_try is not None and _norm(f_try) < f_norm:
                 predicted = f_norm**2 - lin_res**2
                 rho = (f_norm**2 - _norm(f_try) ** 2) / predicted if predicted > 0 else 1.0
@@ -297,6 +309,8 @@ def tangent_gauss_newton(
         "validation_residual_before": history[0]["validation_residual"],
         "validation_residual_after": best_val,
         "seconds": time.perf_counter() - t_start,
+        "jacobian_backends": backends or {"all": "direct: vmap(jacrev) in z"},
+        "value_backends": train_values.backends,
     }
     for key in ("rel_l2", "max_abs_err"):
         if key in history[0]:

@@ -106,19 +106,17 @@ def apply(rows: Rows, theta: torch.Tensor, v: torch.Tensor, mode: str = "explici
 
     ``mode="explicit"`` forms the rows of G chunk by chunk and multiplies (fast, memory set by the
     budget); ``mode="matrix_free"`` pushes ``directions_per_pass`` directions at a time through
-    forward-mode AD (``jvp``) and never forms G; ``mode="structured"`` uses the jet rows of
-    :mod:`pinnlsr.engine` for MLPs (falling back to the explicit rows per block otherwise)."""
+    forward-mode AD (``jvp``) and never forms G. The jet rows and the choice between backends
+    are :mod:`pinnlsr.linearize`'s."""
     _check_directions(rows, theta, v, "right")
-    if mode == "structured":
-        from . import engine
-        return engine.apply(rows, theta, v, memory_budget)
     out = torch.empty(rows.n_rows, v.shape[1], dtype=theta.dtype, device=theta.device)
     if mode == "explicit":
         for sl, g in iter_jacobian_rows(rows, theta, memory_budget, extra_columns=v.shape[1]):
             out[sl] = g @ v
         return out
     if mode != "matrix_free":
-        raise ValueError(f"unknown Jacobian mode {mode!r}: use 'explicit', 'matrix_free' or 'structured'")
+        raise ValueError(f"unknown Jacobian mode {mode!r} here: use 'explicit' or 'matrix_free' "
+                         "(pinnlsr.linearize adds 'auto')")
     chunk = _matrix_free_chunk(rows, memory_budget, theta, directions_per_pass)
     for block, start, pts, data in rows.chunks(chunk):
         f = _block_rows(block, pts, data)
@@ -138,16 +136,14 @@ def apply_transpose(rows: Rows, theta: torch.Tensor, w: torch.Tensor, mode: str 
     """Gᵀ · w for w of shape (n, l): returns (m, l). Modes as in :func:`apply` (``vjp`` for the
     matrix-free one)."""
     _check_directions(rows, theta, w, "left")
-    if mode == "structured":
-        from . import engine
-        return engine.apply_transpose(rows, theta, w, memory_budget)
     out = torch.zeros(rows.m, w.shape[1], dtype=theta.dtype, device=theta.device)
     if mode == "explicit":
         for sl, g in iter_jacobian_rows(rows, theta, memory_budget, extra_columns=w.shape[1]):
             out += g.T @ w[sl]
         return out
     if mode != "matrix_free":
-        raise ValueError(f"unknown Jacobian mode {mode!r}: use 'explicit', 'matrix_free' or 'structured'")
+        raise ValueError(f"unknown Jacobian mode {mode!r} here: use 'explicit' or 'matrix_free' "
+                         "(pinnlsr.linearize adds 'auto')")
     chunk = _matrix_free_chunk(rows, memory_budget, theta, directions_per_pass)
     for block, start, pts, data in rows.chunks(chunk):
         _, pullback = vjp(_block_rows(block, pts, data), theta)

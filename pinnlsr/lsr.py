@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import jacobian as jac
+from .jets import JetLoss
+from .linearize import JacobianOperator, check_mode
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
@@ -148,7 +149,7 @@ def lsr(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
-    jacobian_mode: str = "explicit",
+    jacobian_mode: str = "auto",
     memory_budget: int | None = None,
     compute_errors: bool = True,
     least_squares: str = "dense",
@@ -167,12 +168,15 @@ def lsr(
             rcond drops singular values of G V below rcond·σ_max (svd solver only).
         dtype, device: where the refinement runs (float64 by default; the model is copied there,
             the caller's model is untouched). device defaults to the model's.
-        jacobian_mode: "explicit" (chunked per-point Jacobian rows) or "matrix_free" (jvp/vjp).
+        jacobian_mode: "auto" (jet rows where they apply, ``vmap(jacrev)`` rows elsewhere),
+            "explicit" (``vmap(jacrev)`` rows) or "matrix_free" (jvp/vjp); see
+            :mod:`pinnlsr.linearize`. ``diagnostics["jacobian_backends"]`` names each term's path.
         memory_budget: bytes for Jacobian chunks (default: from free memory).
         least_squares: "dense" (form G V, then solve) or "streaming" (TSQR over row batches of
             G V sized by ``memory_budget``, :mod:`pinnlsr.streaming`; same z, for large n).
     """
     timings: dict[str, float] = {}
+    check_mode(jacobian_mode)
     t0 = time.perf_counter()
     net, spec, generator, points, theta0, device = prepare_refinement(problem, model, points, seed, dtype, device)
     if device.type == "cuda":
@@ -186,6 +190,7 @@ def lsr(
                           UserWarning, stacklevel=2)
             rank = m
     rows = residual_rows(problem, net, points, spec)
+    op = JacobianOperator(rows, theta0, jacobian_mode, memory_budget)
     f0 = rows.values(theta0)
     terms_before = rows.norms(theta0)
     timings["residual"] = time.perf_counter() - t0
@@ -206,7 +211,7 @@ def lsr(
         t = time.perf_counter()
         sol = factor.solve(solver, rcond, tikhonov)
     elif least_squares == "dense":
-        a = jac.apply(rows, theta0, basis.V, jacobian_mode, memory_budget)  # G V, (n, r)
+        a = op.matmul(basis.V)  # G V, (n, r)
         timings["jacobian"] = time.perf_counter() - t
         t = time.perf_counter()
         sol = solve(a, -f0, solver, rcond if solver == "svd" else None, tikhonov)
@@ -218,7 +223,7 @@ def lsr(
     refined = LinearizedModel(net, basis.V, sol.z)
     rows_after = residual_rows(problem, refined, points)
     z_theta = ParamSpec.of(refined).flatten(refined)
-    residual_after = float(rows_after.values(z_theta).norm())
+    residual_after = float(JetLoss(rows_after, refined, z_theta).values(z_theta).norm())
     diag = {
         "n_params": m,
         "n_rows": rows.n_rows,
@@ -236,6 +241,7 @@ def lsr(
         "step_norm": float(refined.delta.detach().norm()),
         "dtype": str(dtype).replace("torch.", ""),
         "device": str(device),
+        "jacobian_backends": op.backends,
     }
     if compute_errors:
         before = model_errors(problem, net, dtype, device)

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call, jvp, vmap
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
@@ -98,6 +98,30 @@ class MLP(nn.Module):
         if self.input_shift is not None:
             x = (x - self.input_shift) * self.input_scale
         return self.net(x)
+
+
+class FeatureMLP(nn.Module):
+    """An MLP on fixed input features: x -> mlp(φ(x)), with φ a per-point function (d,) -> (in,)
+    without parameters (e.g. a periodic embedding (cos πx, sin πx, t)). The jets of
+    :mod:`pinnlsr.jets` see through φ (:meth:`jet_parts`), so training and refinement keep their
+    fast path.
+
+    Args:
+        features: φ for one point; applied to a batch (N, d) with ``torch.func.vmap``.
+        mlp: the :class:`MLP` on the features (its ``in_dim`` is φ's output size).
+    """
+
+    def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], mlp: nn.Module):
+        super().__init__()
+        self.features = features
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(vmap(self.features)(x))
+
+    def jet_parts(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """(φ, the inner MLP)."""
+        return self.features, self.mlp
 
 
 @dataclass(frozen=True)
@@ -215,3 +239,28 @@ class LinearizedModel(nn.Module):
             params[name].requires_grad_(True)
         self.spec.assign(net, self.theta0 + step * self.delta.detach())
         return net
+
+
+class ShiftedNetwork(nn.Module):
+    """The base network plus the predictor's fixed correction: x -> u(θ, x) + J(x)·V·z.
+
+    J, V and z stay frozen at θ0 while θ (the base network's parameters) varies, so at θ = θ0 this
+    *is* the refined predictor u_lin(·; z), and the residual's Jacobian in θ there, times V, is
+    df/dz of the predictor's residual: the PDE linearized around u_lin applied to the columns of
+    J·V. That is the same row computation as one LSR step, far cheaper than differentiating
+    through the JVP inside the predictor."""
+
+    def __init__(self, predictor: LinearizedModel):
+        super().__init__()
+        self.net = copy.deepcopy(predictor.base)
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        object.__setattr__(self, "_predictor", predictor)  # not a submodule: its z is not a parameter here
+
+    @property
+    def predictor(self) -> LinearizedModel:
+        """The refined predictor whose correction J(x)·V·z this network adds."""
+        return self._predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + self._predictor.correction(x)

@@ -29,13 +29,24 @@ def _scalar(u: PointFunction, component: int) -> PointFunction:
     return scalar_fn
 
 
+def _from_jet(u: PointFunction, x: torch.Tensor, component: int, dims: tuple[int, ...]) -> torch.Tensor | None:
+    """The derivative read from u's jet when u is seen through its jets (pinnlsr.jets.TaylorJet)
+    at this very point x; None otherwise (then it is computed by differentiation)."""
+    jet_at = getattr(u, "jet_at", None)
+    return None if jet_at is None else jet_at(x, component, dims)
+
+
 def value(u: PointFunction, x: torch.Tensor, component: int = 0) -> torch.Tensor:
     """u_component(x): scalar tensor."""
-    return _scalar(u, component)(x)
+    fast = _from_jet(u, x, component, ())
+    return _scalar(u, component)(x) if fast is None else fast
 
 
 def gradient(u: PointFunction, x: torch.Tensor, component: int = 0) -> torch.Tensor:
     """∇u_component(x): tensor of shape (d,)."""
+    parts = [_from_jet(u, x, component, (j,)) for j in range(x.shape[-1])]
+    if all(p is not None for p in parts):
+        return torch.stack(parts)
     return jacrev(_scalar(u, component))(x)
 
 
@@ -54,10 +65,14 @@ def partial(u: PointFunction, x: torch.Tensor, *dims: int, component: int = 0) -
     if not dims:
         return value(u, x, component)
     d = x.shape[-1]
-    fn = _scalar(u, component)
     for dim in dims:
         if not 0 <= dim < d:
             raise ValueError(f"partial: dimension {dim} out of range for points of dimension {d}")
+    fast = _from_jet(u, x, component, dims)
+    if fast is not None:
+        return fast
+    fn = _scalar(u, component)
+    for dim in dims:
         fn = _directional(fn, dim)
     return fn(x)
 
@@ -72,6 +87,10 @@ def _directional(fn: PointFunction, dim: int) -> PointFunction:
 
 def hessian(u: PointFunction, x: torch.Tensor, component: int = 0) -> torch.Tensor:
     """Hessian of u_component at x: tensor of shape (d, d)."""
+    d = x.shape[-1]
+    entries = [[_from_jet(u, x, component, (j, k)) for k in range(d)] for j in range(d)]
+    if all(e is not None for row in entries for e in row):
+        return torch.stack([torch.stack(row) for row in entries])
     return jacfwd(jacrev(_scalar(u, component)))(x)
 
 
@@ -80,9 +99,12 @@ def laplacian(
 ) -> torch.Tensor:
     """Σ_i ∂²u_component/∂x_i² over ``dims`` (all coordinates by default; pass the spatial ones for
     a space-time problem, e.g. ``dims=(0, 1)`` when time is the last coordinate). Scalar."""
-    h = hessian(u, x, component)  # forward-over-reverse: cheaper than d nested jvp pairs
-    diag = torch.diagonal(h)
-    return diag.sum() if dims is None else diag[list(dims)].sum()
+    dims = range(x.shape[-1]) if dims is None else dims
+    fast = [_from_jet(u, x, component, (j, j)) for j in dims]
+    if all(f is not None for f in fast):
+        return sum(fast)
+    diag = torch.diagonal(hessian(u, x, component))  # forward-over-reverse: cheaper than d nested jvp pairs
+    return diag[list(dims)].sum()
 
 
 def divergence(

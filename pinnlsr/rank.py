@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import jacobian as jac
+from . import linearize
 from .lsr import FULL_SPACE_MAX_PARAMS, _peak_memory_gb, choose_basis, prepare_refinement
 from .metrics import model_errors, predict, reference_on
 from .models import LinearizedModel, ParamSpec
@@ -177,7 +177,7 @@ def _rank_errors(problem: PDEProblem, net: nn.Module, spec: ParamSpec, theta0: t
         return {}
     x, u = ref
     u0 = predict(net, x)  # (N, k)
-    a = jac.apply(output_rows(net, x, spec), theta0, V, mode, memory_budget)  # (N·k, r)
+    a = linearize.apply(output_rows(net, x, spec), theta0, V, mode, memory_budget)  # (N·k, r)
     pred = u0.unsqueeze(2) + (a @ Z).reshape(u.shape[0], u.shape[1], -1)  # (N, k, R)
     diff = pred - u.unsqueeze(2)
     out = {"rel_l2": (diff.flatten(0, 1).norm(dim=0) / u.norm()).tolist()}
@@ -205,7 +205,7 @@ def lsr_rank_scan(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
-    jacobian_mode: str = "explicit",
+    jacobian_mode: str = "auto",
     memory_budget: int | None = None,
     least_squares: str = "dense",
     rank_errors: bool = True,
@@ -246,7 +246,7 @@ def lsr_rank_scan(
 
     t = time.perf_counter()
     if least_squares == "dense":
-        factor = dense_factor(jac.apply(rows, theta0, V, jacobian_mode, memory_budget), -rows.values(theta0))
+        factor = dense_factor(linearize.apply(rows, theta0, V, jacobian_mode, memory_budget), -rows.values(theta0))
     elif least_squares == "streaming":
         factor = tsqr(rows, theta0, V, memory_budget, jacobian_mode)
     else:
@@ -258,7 +258,7 @@ def lsr_rank_scan(
     if validation is not None:
         val_points = validation.sample_points(generator, dtype, device)
         val_rows = residual_rows(validation, net, val_points, spec)
-        val = (jac.apply(val_rows, theta0, V, jacobian_mode, memory_budget), val_rows.values(theta0))
+        val = (linearize.apply(val_rows, theta0, V, jacobian_mode, memory_budget), val_rows.values(theta0))
     if ranks is None:
         ranks = default_ranks(basis.rank)
     elif max(ranks) > basis.rank:

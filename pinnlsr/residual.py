@@ -31,6 +31,11 @@ class Block:
     scale: float
     q: int
     data: torch.Tensor | None = None  # (n, p); None means p = 0
+    #: what ``fn`` evaluates, for backends that evaluate it their own way (jets): the per-point
+    #: residual ``residual(u, x[, y])``, the network and whether the residual takes data y.
+    residual: Callable | None = None
+    model: nn.Module | None = None
+    with_data: bool = False
 
     def __post_init__(self):
         if self.data is None:
@@ -220,7 +225,7 @@ def residual_rows(problem: PDEProblem, model: nn.Module, points: dict[str, torch
         except Exception as exc:
             raise ValueError(f"residual term {name!r} failed on one point: {type(exc).__name__}: {exc}") from exc
         scale = (float(term.weight) / pts.shape[0]) ** 0.5
-        blocks.append(Block(name, pts, fn, scale, q, data))
+        blocks.append(Block(name, pts, fn, scale, q, data, term.residual, model, data is not None))
     return Rows(blocks, spec)
 
 
@@ -233,4 +238,8 @@ def output_rows(model: nn.Module, points: torch.Tensor, spec: ParamSpec | None =
         return functional_call(model, spec.unflatten(theta), (x.unsqueeze(0),)).reshape(-1)
 
     q = fn(spec.flatten(model), points[0], points.new_zeros(0)).numel()
-    return Rows([Block(name, points, fn, 1.0, q)], spec)
+    return Rows([Block(name, points, fn, 1.0, q, None, _network_output, model)], spec)
+
+
+def _network_output(u, x):
+    return u(x)

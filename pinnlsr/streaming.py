@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from . import jacobian as jac
+from .linearize import JacobianOperator
 from .residual import Rows
 from .solvers import LeastSquaresSolution, no_tf32, solve
 
@@ -75,7 +76,7 @@ def dense_factor(a: torch.Tensor, b: torch.Tensor) -> TriangularFactor:
 
 def batch_points(rows: Rows, r: int, memory_budget: int | None, dtype: torch.dtype, device, mode: str) -> int:
     """Points per batch so that a batch's Jacobian rows and its (c, r+1) product fit the budget."""
-    if mode == "explicit":
+    if mode in ("explicit", "auto"):
         return jac.points_per_chunk(rows, memory_budget, dtype, device, extra_columns=2 * (r + 1))
     budget = jac.default_memory_budget(device) if memory_budget is None else int(memory_budget)
     q_max = max(b.q for b in rows.blocks)
@@ -87,7 +88,7 @@ def batch_points(rows: Rows, r: int, memory_budget: int | None, dtype: torch.dty
 
 
 def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | None = None,
-         mode: str = "explicit", points_per_batch: int | None = None) -> TriangularFactor:
+         mode: str = "auto", points_per_batch: int | None = None) -> TriangularFactor:
     """Stream the rows of G·V and -f(theta) in batches and reduce them to a :class:`TriangularFactor`.
 
     Args:
@@ -95,7 +96,7 @@ def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | 
         theta: parameters (m,) where G and f are evaluated.
         V: subspace basis (m, r).
         memory_budget: bytes for one batch (default: from free memory); sets the batch size.
-        mode: "explicit" or "matrix_free" products G·V (see :func:`pinnlsr.jacobian.apply`).
+        mode: the backend of the rows of G (see :mod:`pinnlsr.linearize`).
         points_per_batch: override the batch size (points per batch, per block).
     """
     if V.ndim != 2 or V.shape[0] != rows.m:
@@ -106,11 +107,16 @@ def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | 
         raise ValueError(f"tsqr: points_per_batch must be >= 1, got {chunk}")
     r_aug = theta.new_zeros(r + 1, r + 1)
     b_sq, n_batches = 0.0, 0
+    engine = JacobianOperator(rows, theta, mode, memory_budget).engine
     with no_tf32():
         for block, _, pts, data in rows.chunks(chunk):
-            sub = Rows([dataclasses.replace(block, points=pts, data=data)], rows.spec, rows.eval_chunk)
-            a = jac.apply(sub, theta, V, mode, memory_budget)  # (c·q, r)
-            b = -sub.values(theta)  # (c·q,)
+            if engine is not None:  # jet rows with their values
+                g, vals = engine.block_rows_and_values(block, theta, pts, data, values=True)
+                a, b = g @ V, -vals
+            else:
+                sub = Rows([dataclasses.replace(block, points=pts, data=data)], rows.spec, rows.eval_chunk)
+                a = jac.apply(sub, theta, V, mode, memory_budget)  # (c·q, r)
+                b = -sub.values(theta)  # (c·q,)
             r_aug = _augmented_qr(torch.cat([r_aug, torch.cat([a, b.unsqueeze(1)], 1)]))
             b_sq += float(b.dot(b))
             n_batches += 1
@@ -118,7 +124,7 @@ def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | 
 
 
 def streaming_lstsq(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | None = None,
-                    *, mode: str = "explicit", solver: str = "svd", rcond: float | None = 1e-14,
+                    *, mode: str = "auto", solver: str = "svd", rcond: float | None = 1e-14,
                     tikhonov: float = 0.0, points_per_batch: int | None = None) -> LeastSquaresSolution:
     """min_z ||G V z + f(theta)|| by TSQR over row batches; same z as
     ``solve(apply(rows, theta, V), -rows.values(theta), solver, rcond, tikhonov)`` without holding

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import jacobian as jac
+from .linearize import JacobianOperator
 from .residual import Rows
 from .solvers import no_tf32
 
@@ -69,7 +70,7 @@ def svd_basis(rows: Rows, theta: torch.Tensor, rank: int, scale: bool = True,
 
 def randomized_basis(rows: Rows, theta: torch.Tensor, rank: int, oversampling: int = 10,
                      power_iterations: int = 0, generator: torch.Generator | None = None,
-                     scale: bool = True, rcond: float | None = None, mode: str = "explicit",
+                     scale: bool = True, rcond: float | None = None, mode: str = "auto",
                      memory_budget: int | None = None) -> Basis:
     """Randomized range finder on Jᵀ: V spans (approximately) the top-``rank`` right singular
     vectors of the output Jacobian. Ω is drawn on the CPU from ``generator`` so the same seed gives
@@ -77,14 +78,14 @@ def randomized_basis(rows: Rows, theta: torch.Tensor, rank: int, oversampling: i
     n, m = rows.n_rows, rows.m
     width = min(rank + oversampling, m, n)
     omega = torch.randn(n, width, generator=generator, dtype=theta.dtype).to(theta.device)
+    op = JacobianOperator(rows, theta, mode, memory_budget)
     with no_tf32():
-        y = jac.apply_transpose(rows, theta, omega, mode, memory_budget)  # (m, width)
+        y = op.rmatmul(omega)  # (m, width)
         q, _ = torch.linalg.qr(y)
         for _ in range(power_iterations):
-            z = jac.apply(rows, theta, q, mode, memory_budget)  # (n, width)
-            zq, _ = torch.linalg.qr(z)
-            q, _ = torch.linalg.qr(jac.apply_transpose(rows, theta, zq, mode, memory_budget))
-        b = jac.apply(rows, theta, q, mode, memory_budget)  # J Q, (n, width)
+            zq, _ = torch.linalg.qr(op.matmul(q))  # (n, width)
+            q, _ = torch.linalg.qr(op.rmatmul(zq))
+        b = op.matmul(q)  # J Q, (n, width)
         _, s, vh = torch.linalg.svd(b, full_matrices=False)
         w = q @ vh.T  # (m, width)
     v, r = _directions(w, s, rank, scale, 0.0 if rcond is None else rcond)

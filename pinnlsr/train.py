@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .models import ParamSpec
 from .problem import PDEProblem
+from .jets import JetLoss
 from .residual import residual_rows
 
 
@@ -30,11 +31,31 @@ class TrainHistory:
     best_loss: float = math.inf
     best_step: int = -1
     diverged: bool = False
+    backends: dict = field(default_factory=dict)
 
 
-def _live_theta(model: nn.Module, spec: ParamSpec) -> torch.Tensor:
-    params = dict(model.named_parameters())
-    return torch.cat([params[n].reshape(-1) for n in spec.names])
+class Objective:
+    """The problem loss ||f(θ)||² of ``model`` at ``points`` as a function of the flat θ (m,):
+    :meth:`value_and_grad` by jets where they apply and by ``vmap`` + autograd elsewhere
+    (:class:`pinnlsr.jets.JetLoss`; ``backends`` says which path each term takes)."""
+
+    def __init__(self, problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor],
+                 loss_mode: str = "auto"):
+        self.spec = ParamSpec.of(model)
+        self.rows = residual_rows(problem, model, points, self.spec)
+        self.loss = JetLoss(self.rows, model, self.spec.flatten(model), loss_mode)
+
+    @property
+    def backends(self) -> dict[str, str]:
+        return self.loss.backends
+
+    def value_and_grad(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss.value_and_grad(theta)
+
+    def value(self, theta: torch.Tensor) -> float:
+        """The loss at θ as a Python float (inf when not finite)."""
+        v = float(self.loss.values(theta).square().sum())
+        return v if math.isfinite(v) else math.inf
 
 
 def _progress(total: int, desc: str, progress: bool | None):
@@ -53,6 +74,7 @@ def train_adam(
     log_every: int = 100,
     callback: Callable[[int, float], None] | None = None,
     max_seconds: float | None = None,
+    loss_mode: str = "auto",
 ) -> TrainHistory:
     """Adam on the problem loss at fixed ``points`` ({term: (n, d)}), in place on ``model``.
 
@@ -60,35 +82,37 @@ def train_adam(
     ``steps``. The model ends at the best parameters seen (a diverging run never leaves a worse
     model behind). Returns the loss history (every ``log_every`` steps and the last one), and
     calls ``callback(step, loss)`` at those steps. ``max_seconds`` stops the run at the first
-    logged step after that much wall time (equal-time comparisons).
+    logged step after that much wall time (equal-time comparisons). ``loss_mode`` "auto" takes
+    the loss and its gradient from jets where the model and the terms allow it (see
+    :class:`Objective`; ``TrainHistory.backends`` records the path), "generic" from ``vmap`` +
+    autograd everywhere; both give the same numbers to rounding.
     """
     if steps < 0:
         raise ValueError(f"Adam steps must be >= 0, got {steps}")
-    spec = ParamSpec.of(model)
-    rows = residual_rows(problem, model, points, spec)
-    params = [dict(model.named_parameters())[n] for n in spec.names]
-    opt = torch.optim.Adam(params, lr=lr)
+    objective = Objective(problem, model, points, loss_mode)
+    spec = objective.spec
+    theta = spec.flatten(model).clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
     gamma = (final_lr / lr) ** (1.0 / max(steps, 1)) if final_lr else 1.0
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-    hist = TrainHistory()
-    best_theta = spec.flatten(model).clone()
+    hist = TrainHistory(backends=objective.backends)
+    # The best state stays on the device: no host synchronization between logged steps.
+    best_theta = theta.detach().clone()
+    best_loss = torch.full((), math.inf, dtype=theta.dtype, device=theta.device)
+    best_step = torch.full((), -1, dtype=torch.long, device=theta.device)
     start = time.perf_counter()
     bar = _progress(steps, "adam", progress)
     for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        f = rows.values(_live_theta(model, spec), check=False)
-        loss = f.dot(f)
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            hist.diverged = True
-            break
-        if lv < hist.best_loss:
-            hist.best_loss, hist.best_step = lv, step
-            best_theta = spec.flatten(model).clone()
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss, grad = objective.value_and_grad(theta)
+        better = loss < best_loss
+        best_theta = torch.where(better, theta.detach(), best_theta)
+        best_step = torch.where(better, step, best_step)
+        best_loss = torch.where(better, loss, best_loss)
         if step % log_every == 0 or step == steps - 1:
+            lv = float(loss)
+            if not math.isfinite(lv):
+                hist.diverged = True
+                break
             hist.step.append(step)
             hist.loss.append(lv)
             hist.seconds.append(time.perf_counter() - start)
@@ -96,12 +120,20 @@ def train_adam(
             if callback:
                 callback(step, lv)
             if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                theta.grad = grad
+                opt.step()
+                bar.update(1)
                 break
+        theta.grad = grad
+        opt.step()
+        sched.step()
         bar.update(1)
     bar.close()
-    final = float(rows.values(spec.flatten(model), check=False).square().sum())
+    hist.best_loss, hist.best_step = float(best_loss), int(best_step)
+    final = objective.value(theta.detach())
     if math.isfinite(final) and final < hist.best_loss:
         hist.best_loss, hist.best_step = final, steps
+        spec.assign(model, theta.detach())
     else:
         spec.assign(model, best_theta)
     if hist.diverged:
@@ -121,27 +153,26 @@ def train_lbfgs(
     log_every: int = 50,
     callback: Callable[[int, float], None] | None = None,
     max_seconds: float | None = None,
+    loss_mode: str = "auto",
 ) -> TrainHistory:
     """``torch.optim.LBFGS`` with strong-Wolfe line search on the problem loss, in place.
 
     Runs ``iterations`` outer steps of at most 20 function evaluations each and keeps the best
-    parameters seen; ``callback`` and ``max_seconds`` as in :func:`train_adam`."""
+    parameters seen; ``callback``, ``max_seconds`` and ``loss_mode`` as in :func:`train_adam`."""
     if iterations < 0:
         raise ValueError(f"L-BFGS iterations must be >= 0, got {iterations}")
-    spec = ParamSpec.of(model)
-    rows = residual_rows(problem, model, points, spec)
-    params = [dict(model.named_parameters())[n] for n in spec.names]
-    opt = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=history_size,
+    objective = Objective(problem, model, points, loss_mode)
+    spec = objective.spec
+    theta = spec.flatten(model).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=lr, max_iter=20, history_size=history_size,
                             line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
-    hist = TrainHistory()
-    best_theta = spec.flatten(model).clone()
+    hist = TrainHistory(backends=objective.backends)
+    best_theta = theta.detach().clone()
     start = time.perf_counter()
 
     def closure():
-        opt.zero_grad(set_to_none=True)
-        f = rows.values(_live_theta(model, spec), check=False)
-        loss = f.dot(f)
-        loss.backward()
+        loss, grad = objective.value_and_grad(theta)
+        theta.grad = grad
         return loss
 
     bar = _progress(iterations, "lbfgs", progress)
@@ -152,7 +183,7 @@ def train_lbfgs(
             break
         if lv < hist.best_loss:
             hist.best_loss, hist.best_step = lv, it
-            best_theta = spec.flatten(model).clone()
+            best_theta = theta.detach().clone()
         if it % log_every == 0 or it == iterations - 1:
             hist.step.append(it)
             hist.loss.append(lv)
@@ -164,11 +195,12 @@ def train_lbfgs(
                 break
         bar.update(1)
     bar.close()
-    final = float(rows.values(spec.flatten(model), check=False).square().sum())
-    if not (math.isfinite(final) and final <= hist.best_loss):
-        spec.assign(model, best_theta)
-    else:
+    final = objective.value(theta.detach())
+    if math.isfinite(final) and final <= hist.best_loss:
         hist.best_loss = final
+        spec.assign(model, theta.detach())
+    else:
+        spec.assign(model, best_theta)
     if hist.diverged:
         print(f"lbfgs: loss became non-finite; kept the best state (loss {hist.best_loss:.3e})", file=sys.stderr)
     return hist

@@ -15,23 +15,23 @@ from torch import nn
 
 from pinnlsr import operators as op
 from pinnlsr.geometry import Interval, TimeDomain
-from pinnlsr.models import MLP
+from pinnlsr.models import MLP, FeatureMLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
 
 PI = math.pi
 
 
-class PeriodicMLP(nn.Module):
-    """MLP on (cos πx, sin πx, t): exactly 2-periodic in x."""
+def periodic_features(x: torch.Tensor) -> torch.Tensor:
+    """(cos πx, sin πx, 2t - 1) of one point (x, t)."""
+    return torch.stack([torch.cos(PI * x[0]), torch.sin(PI * x[0]), 2 * x[1] - 1])
+
+
+class PeriodicMLP(FeatureMLP):
+    """MLP on (cos πx, sin πx, 2t - 1): exactly 2-periodic in x."""
 
     def __init__(self, widths=(64, 64, 64), generator=None, dtype=torch.float64, device="cpu"):
-        super().__init__()
-        self.mlp = MLP(3, 1, widths, "tanh", generator=generator, dtype=dtype, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = torch.stack([torch.cos(PI * x[:, 0]), torch.sin(PI * x[:, 0]), 2 * x[:, 1] - 1], dim=1)
-        return self.mlp(feats)
+        super().__init__(periodic_features, MLP(3, 1, widths, "tanh", generator=generator, dtype=dtype, device=device))
 
 
 class AllenCahn1D(PDEProblem):

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from pinnlsr import engine
+from pinnlsr import engine, jets, linearize
 from pinnlsr import jacobian as jac
 from pinnlsr import operators as op
 from pinnlsr.models import MLP, ParamSpec
@@ -51,9 +51,9 @@ def test_structured_products_match_dense_oracle(setup, per_chunk):
     w = torch.randn(rows.n_rows, 3, generator=gen, dtype=torch.float64)
     assert (engine.apply(rows, theta, v, budget) - g @ v).abs().max() <= TOL
     assert (engine.apply_transpose(rows, theta, w, budget) - g.T @ w).abs().max() <= TOL
-    # the same through pinnlsr.jacobian's new mode (so lsr(..., jacobian_mode="structured"))
-    assert (jac.apply(rows, theta, v, "structured", budget) - g @ v).abs().max() <= TOL
-    assert (jac.apply_transpose(rows, theta, w, "structured", budget) - g.T @ w).abs().max() <= TOL
+    # the same through the Jacobian-operator layer (lsr's default jacobian_mode="auto")
+    assert (linearize.apply(rows, theta, v, "auto", budget) - g @ v).abs().max() <= TOL
+    assert (linearize.apply_transpose(rows, theta, w, "auto", budget) - g.T @ w).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sin"])
@@ -124,8 +124,8 @@ def test_shifts_must_be_the_same_at_every_point():
         return op.value(u, x) - op.value(u, x + torch.tensor([s, 0.0], dtype=x.dtype))
 
     x = torch.tensor([[0.1, 0.2], [0.9, 0.3]], dtype=torch.float64)
-    assert engine.evaluation_offsets(piecewise, False, x, x[:, :0], 1) is None
-    assert engine.evaluation_offsets(piecewise, False, x[:1], x[:1, :0], 1).tolist() == [[0.0, 0.0], [0.5, 0.0]]
+    assert jets.evaluation_offsets(piecewise, False, x, x[:, :0], 1) is None
+    assert jets.evaluation_offsets(piecewise, False, x[:1], x[:1, :0], 1).tolist() == [[0.0, 0.0], [0.5, 0.0]]
 
 
 def test_budget_below_one_point_falls_back_with_warning(setup):

@@ -1,0 +1,708 @@
+"""Jets of MLPs with only the derivative channels a residual needs, and the training loss on them.
+
+A residual that depends on u only through its value and derivatives up to order 2 at the point
+itself (or at fixed shifts of it) is a function r(J(x)) of the network's jet J(x): the value, the
+first derivatives ∂u/∂x_j and the second derivatives ∂²u/∂x_j∂x_k that it reads. Burgers' residual
+u_t + u u_x - ν u_xx reads four of the six order-2 channels of a 2-D input; a Dirichlet condition
+reads the value alone. This module
+
+- finds those channels per residual term (:class:`Channels`, :func:`needed_channels`) by
+  differentiating the residual, evaluated on the local Taylor polynomial of u, at random jets;
+- propagates exactly those channels through the network as batched GEMMs (:class:`JetNetwork`),
+  through an affine input scaling or a fixed input feature map (e.g. a periodic cos/sin embedding);
+- computes the training loss Σ_t w_t·mean|r_t|² and its gradient in θ with a written-out reverse
+  pass that forms each layer's weight gradient as one GEMM (:class:`JetLoss`): no autograd graph
+  over the network and no per-point parameter Jacobians.
+
+Blocks the jets cannot serve (a residual that needs third derivatives or values at other points,
+a model that is not a plain MLP) are evaluated by the generic ``vmap`` path with autograd, and
+:attr:`JetLoss.backends` says which path each term took and why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import grad_and_value, jacfwd, jacrev, jvp, vmap
+
+from .models import MLP, LinearizedModel, ParamSpec, ShiftedNetwork, Sine
+from .residual import Block, Rows
+
+#: points per jet pass: bounds the memory of the jets (points · channels · width numbers per layer)
+JET_CHUNK_POINTS = 8192
+
+
+# ----------------------------------------------------------------------------------------------
+# Channels
+# ----------------------------------------------------------------------------------------------
+def all_pairs(d: int) -> list[tuple[int, int]]:
+    """The upper-triangle pairs (j, k), j <= k, in the order of the full order-2 jet."""
+    return [(j, k) for j in range(d) for k in range(j, d)]
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Which jet channels are propagated: the value, first derivatives along ``first`` and second
+    derivatives for ``pairs`` ((j, k) with j <= k). Every dimension of a pair is in ``first``."""
+
+    d: int
+    first: tuple[int, ...] = ()
+    pairs: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        need = {j for pair in self.pairs for j in pair}
+        if not need <= set(self.first):
+            raise ValueError(f"Channels: pairs {self.pairs} need first-derivative channels {sorted(need)}")
+
+    @classmethod
+    def full(cls, d: int, order: int) -> "Channels":
+        """Every channel up to ``order`` (0, 1 or 2)."""
+        return cls(d, tuple(range(d)) if order >= 1 else (), tuple(all_pairs(d)) if order >= 2 else ())
+
+    @property
+    def size(self) -> int:
+        return 1 + len(self.first) + len(self.pairs)
+
+    @property
+    def order(self) -> int:
+        return 2 if self.pairs else (1 if self.first else 0)
+
+    def full_index(self) -> list[int]:
+        """Positions of these channels in the full order-2 layout (value, d firsts, pairs)."""
+        pair_pos = {p: 1 + self.d + i for i, p in enumerate(all_pairs(self.d))}
+        return [0] + [1 + j for j in self.first] + [pair_pos[p] for p in self.pairs]
+
+    def describe(self, names: tuple[str, ...] | None = None) -> str:
+        names = names or tuple(f"x{j}" for j in range(self.d))
+        parts = ["u"] + [f"u_{names[j]}" for j in self.first] + [f"u_{names[j]}{names[k]}" for j, k in self.pairs]
+        return ",".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# u seen through its jets
+# ----------------------------------------------------------------------------------------------
+def taylor_polynomial(jet: torch.Tensor, x0: torch.Tensor, order: int) -> Callable:
+    """u(y) ≈ Σ_c jet_c · basis_c(y - x0): the local Taylor polynomial with the given jet (C, k) at
+    x0 (d,), exact in value and derivatives up to ``order`` at y = x0."""
+    d = x0.shape[0]
+    pairs = [(j, k) for j in range(d) for k in range(j, d)] if order >= 2 else []
+
+    def u(y: torch.Tensor) -> torch.Tensor:
+        dy = y - x0
+        out = jet[0]
+        if order >= 1:
+            out = out + dy @ jet[1:1 + d]
+        for p, (j, k) in enumerate(pairs):
+            coef = 0.5 if j == k else 1.0
+            out = out + coef * dy[j] * dy[k] * jet[1 + d + p]
+        return out
+
+    return u
+
+
+def multi_taylor_polynomial(jets: torch.Tensor, anchors: torch.Tensor, order: int) -> Callable:
+    """u(y) ≈ the Taylor polynomial (:func:`taylor_polynomial`) of the anchor nearest to y, for jets
+    (K, C, k) at anchors (K, d): exact in value and derivatives up to ``order`` at every anchor."""
+    if anchors.shape[0] == 1:
+        return taylor_polynomial(jets[0], anchors[0], order)
+    polys = [taylor_polynomial(jets[i], anchors[i], order) for i in range(anchors.shape[0])]
+    ids = torch.arange(anchors.shape[0], device=anchors.device)
+
+    def u(y: torch.Tensor) -> torch.Tensor:
+        pick = (ids == ((y - anchors) ** 2).sum(-1).argmin()).to(jets.dtype)  # piecewise constant
+        return sum(pick[i] * p(y) for i, p in enumerate(polys))
+
+    return u
+
+
+def evaluation_offsets(residual: Callable, with_data: bool, points: torch.Tensor, data: torch.Tensor,
+                       k: int) -> torch.Tensor | None:
+    """The shifts o (K, d) such that ``residual`` at a point x evaluates u exactly at x + o_1, ...,
+    x + o_K, found by running it once per probe point (points (c, d), data (c, p)) with a recording
+    u. None when the shifts are not the same at every probe (u at points that are not fixed shifts
+    of x, e.g. a reflection) or the residual does not run outside ``vmap``."""
+    found = None
+    scale = 1.0 + float(points.abs().max())
+    tol = 1e-9 * scale if points.dtype == torch.float64 else 1e-4 * scale
+    for x, y in zip(points, data):
+        seen: list[list[float]] = []
+
+        def u(z: torch.Tensor) -> torch.Tensor:
+            seen.append(z.tolist())
+            return torch.sin(z.sum() + torch.arange(1, k + 1, dtype=z.dtype, device=z.device))
+
+        try:
+            residual(u, x, y) if with_data else residual(u, x)
+        except Exception:
+            return None
+        if not seen:
+            return None
+        shifts = torch.tensor(seen, dtype=torch.float64) - x.detach().to("cpu", torch.float64)
+        unique: list[torch.Tensor] = []
+        for o in shifts:
+            if all((o - w).abs().max() > tol for w in unique):
+                unique.append(o)
+        unique.sort(key=lambda o: (float(o.abs().max()) > tol, o.tolist()))  # x itself first
+        offs = torch.stack(unique)
+        if found is None:
+            found = offs
+        elif found.shape != offs.shape or (found - offs).abs().max() > tol:
+            return None
+    return found.to(device=points.device, dtype=points.dtype)
+
+
+
+
+class TaylorJet:
+    """u for a residual evaluated on jets: the Taylor polynomials of u at the anchors (x itself
+    first when the residual reads u there), plus a shortcut for :mod:`pinnlsr.operators`: at the
+    residual's own point x, ``value``/``partial``/``gradient``/``hessian``/``laplacian`` read the
+    channel directly (:meth:`jet_at`) instead of differentiating the polynomial.
+
+    Shapes: jets (K, C, k) in the layout of ``order`` (value, then d firsts for order >= 1, then
+    the upper-triangle pairs for order 2), anchors (K, d)."""
+
+    def __init__(self, jets: torch.Tensor, anchors: torch.Tensor, x: torch.Tensor, x_is_anchor: bool,
+                 order: int = 2):
+        self.jets, self.x, self.x_is_anchor, self.order = jets, x, x_is_anchor, order
+        self.d = anchors.shape[1]
+        self.poly = multi_taylor_polynomial(jets, anchors, order)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if y is self.x and self.x_is_anchor:
+            return self.jets[0, 0]
+        return self.poly(y)
+
+    def jet_at(self, x: torch.Tensor, component: int, dims: tuple[int, ...]) -> torch.Tensor | None:
+        """∂^|dims| u_component / ∂x_dims at the residual's point, or None (not that point, or a
+        derivative of order above 2: the caller differentiates instead)."""
+        if x is not self.x or not self.x_is_anchor or len(dims) > self.order:
+            return None
+        d = self.d
+        if not dims:
+            channel = 0
+        elif len(dims) == 1:
+            channel = 1 + dims[0]
+        else:
+            j, k = sorted(dims)
+            channel = 1 + d + j * d - j * (j - 1) // 2 + (k - j)
+        return self.jets[0, channel, component]
+
+
+# ----------------------------------------------------------------------------------------------
+# Jets through an MLP
+# ----------------------------------------------------------------------------------------------
+def mlp_layout(model: nn.Module, spec) -> tuple | None:
+    """(layers, activation, input shift, input scale) of a pinnlsr MLP or an nn.Sequential of
+    Linear layers with Tanh or Sine between them, else None. ``layers`` holds (weight slice, bias
+    slice, out features, in features) of each Linear layer in the flat θ of ``spec``."""
+    seq = model.net if isinstance(model, MLP) else model
+    if not isinstance(seq, nn.Sequential):
+        return None
+    prefix = "net." if isinstance(model, MLP) else ""
+    offsets, start = {}, 0
+    for name, size in zip(spec.names, spec.sizes):
+        offsets[name] = slice(start, start + size)
+        start += size
+    layers, acts, used = [], set(), set()
+    mods = list(seq.named_children())
+    for i, (name, mod) in enumerate(mods):
+        if (i % 2 == 0) != isinstance(mod, nn.Linear):
+            return None
+        if isinstance(mod, nn.Linear):
+            w, b = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
+            if mod.bias is None or w not in offsets or b not in offsets:
+                return None
+            layers.append((offsets[w], offsets[b], mod.out_features, mod.in_features))
+            used |= {w, b}
+        elif isinstance(mod, nn.Tanh):
+            acts.add("tanh")
+        elif isinstance(mod, Sine):
+            acts.add("sin")
+        else:
+            return None
+    if len(acts) > 1 or not layers or used != set(spec.names) or not isinstance(mods[-1][1], nn.Linear):
+        return None
+    return (layers, acts.pop() if acts else "tanh", getattr(model, "input_shift", None),
+            getattr(model, "input_scale", None))
+
+
+def probe_indices(n: int, n_probe: int) -> torch.Tensor:
+    """First, last and evenly spread indices of n points (so a piecewise residual is seen)."""
+    return torch.linspace(0, n - 1, min(n, n_probe)).round().long().unique()
+
+
+class JetNetwork:
+    """An MLP (Linear layers with one activation, tanh or sin, between them) after a fixed input
+    map, seen through the flat parameter vector θ.
+
+    Args:
+        layers: (weight slice, bias slice, out features, in features) of each Linear layer in θ.
+        activation: "tanh" or "sin".
+        input_map: "affine" (x̃ = (x - shift)·scale, identity when both are None) or a callable
+            φ: (d,) -> (in,) for one point (a fixed feature map, no parameters).
+    """
+
+    def __init__(self, layers, activation: str, shift: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None, feature_map: Callable | None = None):
+        self.layers = layers
+        self.activation = activation
+        self.shift, self.scale = shift, scale
+        self.feature_map = feature_map
+
+    @classmethod
+    def of(cls, model: nn.Module, spec: ParamSpec):
+        """The jet view of ``model`` with flat parameters ``spec``, or None (see :func:`jet_network`)."""
+        return jet_network(model, spec)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layers[-1][2]
+
+    def _act(self, h: torch.Tensor, third: bool):
+        if self.activation == "tanh":
+            t = torch.tanh(h)
+            s1 = 1 - t * t
+            s2 = -2 * t * s1
+            return t, s1, s2, (-2 * (s1 * s1 + t * s2) if third else None)
+        s, c = torch.sin(h), torch.cos(h)
+        return s, c, -s, (-c if third else None)
+
+    def input_jets(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
+        """Jets (C, in, c) of the first layer's input at points x (c, d): channel, feature, point."""
+        c, d = x.shape
+        if self.feature_map is None:
+            xs = x if self.shift is None else (x - self.shift) * self.scale
+            out = x.new_zeros(ch.size, d, c)
+            out[0] = xs.T
+            for i, j in enumerate(ch.first):
+                out[1 + i, j] = 1.0 if self.scale is None else self.scale[j]
+            return out
+        phi = self.feature_map
+        parts = [vmap(phi)(x).T.unsqueeze(0)]
+        if ch.first:
+            jac = vmap(jacfwd(phi))(x)  # (c, in, d)
+            parts.append(jac[:, :, list(ch.first)].permute(2, 1, 0))
+        if ch.pairs:
+            hess = vmap(jacfwd(jacfwd(phi)))(x)  # (c, in, d, d)
+            parts.append(torch.stack([hess[:, :, j, k].T for j, k in ch.pairs]))
+        return torch.cat(parts)
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor, ch: Channels, keep: bool = False):
+        """Output jets (C, k, c) at points x (c, d) (channel, output, point); with ``keep`` also
+        the state that :meth:`backward` needs (each layer's input jets, each hidden
+        pre-activation and the activation's derivatives there). Differentiable (forward and
+        reverse mode) in θ."""
+        a = self.input_jets(x, ch)
+        nf, inputs, acts = len(ch.first), [], []
+        idx = None
+        if ch.pairs:
+            pos = {j: i for i, j in enumerate(ch.first)}
+            idx = (torch.tensor([pos[j] for j, _ in ch.pairs], device=x.device),
+                   torch.tensor([pos[k] for _, k in ch.pairs], device=x.device))
+        last = len(self.layers) - 1
+        for li, (ws, bs, out_f, in_f) in enumerate(self.layers):
+            h = torch.matmul(theta[ws].view(out_f, in_f), a)  # (C, out, c)
+            bias = theta[bs].unsqueeze(1)
+            h = torch.cat([h[:1] + bias, h[1:]]) if ch.size > 1 else h + bias
+            if keep:
+                inputs.append(a)
+            if li == last:
+                return (h, (inputs, acts, idx)) if keep else h
+            t, s1, s2, s3 = self._act(h[0], third=keep and bool(ch.pairs))
+            parts = [t.unsqueeze(0)]
+            if nf:
+                h1 = h[1:1 + nf]
+                parts.append(h1 * s1)
+            if ch.pairs:
+                parts.append(h[1 + nf:] * s1 + h1.index_select(0, idx[0]) * h1.index_select(0, idx[1]) * s2)
+            if keep:
+                acts.append((h, s1, s2, s3))
+            a = torch.cat(parts) if len(parts) > 1 else parts[0]
+        raise AssertionError("unreachable")
+
+    def layer_cotangents(self, theta: torch.Tensor, state, cot: torch.Tensor, ch: Channels) -> list[torch.Tensor]:
+        """The cotangents (..., C, out_l, c) of every layer's pre-activation jets for a cotangent
+        ``cot`` (..., C, k, c) of the output jets (leading dimensions: several at once), given the
+        ``state`` of :meth:`forward` with ``keep=True``. Written out, no autograd."""
+        _, acts, idx = state
+        nf = len(ch.first)
+        g = cot
+        grads = [g]
+        for li in range(len(self.layers) - 1, 0, -1):
+            ws, _, out_f, in_f = self.layers[li]
+            abar = torch.matmul(theta[ws].view(out_f, in_f).T, g)  # cotangent of the activation jets
+            h, s1, s2, s3 = acts[li - 1]
+            g = torch.empty_like(abar)
+            g0 = torch.mul(abar[..., 0, :, :], s1, out=g[..., 0, :, :])
+            if nf:
+                h1, a1 = h[1:1 + nf], abar[..., 1:1 + nf, :, :]
+                g0.addcmul_((a1 * h1).sum(-3), s2)
+                g1 = torch.mul(a1, s1, out=g[..., 1:1 + nf, :, :])
+                if ch.pairs:
+                    jj, kk = idx
+                    h2, a2 = h[1 + nf:], abar[..., 1 + nf:, :, :]
+                    hj, hk = h1.index_select(0, jj), h1.index_select(0, kk)
+                    g0.addcmul_((a2 * (hj * hk)).sum(-3), s3).addcmul_((a2 * h2).sum(-3), s2)
+                    t2 = a2 * s2
+                    g1.index_add_(g1.dim() - 3, jj, t2 * hk).index_add_(g1.dim() - 3, kk, t2 * hj)
+                    torch.mul(a2, s1, out=g[..., 1 + nf:, :, :])
+            grads.append(g)
+        return grads[::-1]
+
+    def backward(self, theta: torch.Tensor, state, cot: torch.Tensor, ch: Channels,
+                 grad: torch.Tensor) -> None:
+        """Add to ``grad`` (m,) the gradient in θ of Σ cot · (output jets), for cot (C, k, c) and
+        the ``state`` of :meth:`forward` with ``keep=True``: each layer's weight gradient is a
+        batched GEMM over channels, contracting over points."""
+        inputs = state[0]
+        for (ws, bs, out_f, in_f), g, a in zip(self.layers, self.layer_cotangents(theta, state, cot, ch), inputs):
+            grad[ws] += torch.bmm(g, a.transpose(1, 2)).sum(0).reshape(-1)
+            grad[bs] += g[0].sum(1)
+
+    def point_rows(self, theta: torch.Tensor, state, cot: torch.Tensor, ch: Channels, n_anchors: int,
+                   m: int) -> torch.Tensor:
+        """Per-point gradients (q, c, m) of Σ_{channels, anchors} cot · (output jets) for q
+        cotangents cot (q, C, k, c·K) (K = ``n_anchors`` anchors per point, anchor-minor): the
+        Jacobian rows of a residual whose coefficients ∂r/∂jet are ``cot``."""
+        q, n_pts = cot.shape[0], cot.shape[-1] // n_anchors
+        rows = theta.new_empty(q, n_pts, m)
+        for (ws, bs, out_f, in_f), g, a in zip(self.layers, self.layer_cotangents(theta, state, cot, ch), state[0]):
+            g5 = g.reshape(q, ch.size, out_f, n_pts, n_anchors)
+            a4 = a.reshape(ch.size, in_f, n_pts, n_anchors)
+            rows[:, :, ws] = torch.einsum("qcopk,cipk->qpoi", g5, a4).reshape(q, n_pts, -1)
+            rows[:, :, bs] = g5[:, 0].sum(-1).transpose(1, 2)
+        return rows
+
+
+def jet_network(model: nn.Module, spec: ParamSpec):
+    """The jets of ``model`` as a function of its flat parameters (``spec``): a pinnlsr
+    :class:`~pinnlsr.models.MLP` or an nn.Sequential of Linear layers with Tanh or Sine between
+    them, an MLP on fixed input features (a module with ``jet_parts()``, e.g.
+    :class:`~pinnlsr.models.FeatureMLP`), the refined linear predictor
+    (:class:`~pinnlsr.models.LinearizedModel`, parameters z) and the shifted network of the
+    Gauss–Newton step (:class:`~pinnlsr.models.ShiftedNetwork`) over any of these. None for any
+    other model (its terms take the generic path)."""
+    if isinstance(model, LinearizedModel):
+        base = jet_network(model.base, model.spec)
+        return None if base is None else LinearizedJets(base, model.theta0, model.basis)
+    if isinstance(model, ShiftedNetwork):
+        base = _inner_network(model, model.net, spec)
+        predictor = model.predictor
+        return None if base is None else ShiftedJets(base, predictor.theta0, predictor.delta.detach())
+    if hasattr(model, "jet_parts"):
+        features, inner = model.jet_parts()
+        if getattr(inner, "input_shift", None) is not None:
+            return None
+        net = _inner_network(model, inner, spec)
+        return None if net is None else JetNetwork(net.layers, net.activation, feature_map=features)
+    layout = mlp_layout(model, spec)
+    return None if layout is None else JetNetwork(*layout)
+
+
+def _inner_network(model: nn.Module, inner: nn.Module, spec: ParamSpec):
+    """The jets of the submodule ``inner`` of ``model``, with the layer slices placed in ``model``'s θ."""
+    prefix = next((n for n, m in model.named_modules() if m is inner), None)
+    sub = _sub_spec(spec, prefix + ".") if prefix else None
+    net = None if sub is None else jet_network(inner, sub[0])
+    if not isinstance(net, JetNetwork):
+        return None
+    net.layers = [(_shift_slice(w, sub[1]), _shift_slice(b, sub[1]), o, i) for w, b, o, i in net.layers]
+    return net
+
+
+class ShiftedJets:
+    """Jets of x -> u(θ, x) + J(x)·δ with J = ∂u/∂θ at θ0 and δ fixed: the base jets plus the
+    tangent jets along δ at θ0 (one ``jvp`` of the jet pass), which do not depend on θ; the
+    reverse pass is the base network's."""
+
+    def __init__(self, base: JetNetwork, theta0: torch.Tensor, delta: torch.Tensor):
+        self.base, self.theta0, self.delta = base, theta0, delta
+        self.layers = base.layers
+
+    @property
+    def n_outputs(self) -> int:
+        return self.base.n_outputs
+
+    def correction(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
+        """The tangent jets (C, k, c) of J(x)·δ."""
+        return jvp(lambda th: self.base.forward(th, x, ch), (self.theta0,), (self.delta,))[1]
+
+    def forward(self, theta, x, ch, keep=False):
+        out = self.base.forward(theta, x, ch, keep)
+        corr = self.correction(x, ch)
+        return (out[0] + corr, out[1]) if keep else out + corr
+
+    def backward(self, theta, state, cot, ch, grad):
+        self.base.backward(theta, state, cot, ch, grad)
+
+    def point_rows(self, theta, state, cot, ch, n_anchors, m):
+        return self.base.point_rows(theta, state, cot, ch, n_anchors, m)
+
+
+class LinearizedJets:
+    """Jets of the refined linear predictor u(θ0, x) + J(x)·V·z as a function of z (r,): the
+    base jets at θ0 plus the tangent jets along V z; gradients and rows in z are those of the
+    base network at θ0 times V."""
+
+    def __init__(self, base: JetNetwork, theta0: torch.Tensor, basis: torch.Tensor):
+        self.base, self.theta0, self.basis = base, theta0, basis
+
+    @property
+    def n_outputs(self) -> int:
+        return self.base.n_outputs
+
+    def forward(self, z, x, ch, keep=False):
+        tangent = jvp(lambda th: self.base.forward(th, x, ch), (self.theta0,), (self.basis @ z,))[1]
+        if not keep:
+            return self.base.forward(self.theta0, x, ch) + tangent
+        out, state = self.base.forward(self.theta0, x, ch, keep=True)
+        return out + tangent, state
+
+    def backward(self, z, state, cot, ch, grad):
+        g = torch.zeros_like(self.theta0)
+        self.base.backward(self.theta0, state, cot, ch, g)
+        grad += self.basis.T @ g
+
+    def point_rows(self, z, state, cot, ch, n_anchors, m):
+        rows = self.base.point_rows(self.theta0, state, cot, ch, n_anchors, self.theta0.shape[0])
+        return rows @ self.basis
+
+
+def _sub_spec(spec: ParamSpec, prefix: str) -> tuple[ParamSpec, int] | None:
+    """(ParamSpec of the parameters under ``prefix`` with the prefix removed, their offset in θ),
+    or None when there are none or they are not one contiguous run of θ."""
+    inside = [name.startswith(prefix) for name in spec.names]
+    if not any(inside):
+        return None
+    first = inside.index(True)
+    count = sum(inside)
+    if not all(inside[first:first + count]):
+        return None
+    names = tuple(n[len(prefix):] for n in spec.names[first:first + count])
+    return ParamSpec(names, spec.shapes[first:first + count]), sum(spec.sizes[:first])
+
+
+def _shift_slice(sl: slice, offset: int) -> slice:
+    return slice(sl.start + offset, sl.stop + offset)
+# ----------------------------------------------------------------------------------------------
+# Per-term plans
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class JetPlan:
+    """How one residual term is evaluated: ``kind`` "jet" (with its channels and the fixed shifts
+    ``offsets`` (K, d) of the points where the residual reads u, None for the point itself) or
+    "generic" (``reason`` says why)."""
+
+    kind: str
+    channels: Channels | None = None
+    residual: Callable | None = None
+    with_data: bool = False
+    offsets: torch.Tensor | None = None
+    reason: str = ""
+
+    @property
+    def n_anchors(self) -> int:
+        return 1 if self.offsets is None else self.offsets.shape[0]
+
+    @property
+    def order(self) -> int:
+        """The highest derivative order the term reads (0, 1 or 2; jet plans only)."""
+        return self.channels.order
+
+    def describe(self, names: tuple[str, ...] | None = None) -> str:
+        if self.kind != "jet":
+            return f"generic: {self.reason}"
+        text = f"jet({self.channels.describe(names)})"
+        return text + (f" at {self.n_anchors} shifted points" if self.n_anchors > 1 else "")
+
+
+def residual_of_jet(residual: Callable, with_data: bool, offsets: torch.Tensor | None, order: int = 2) -> Callable:
+    """r(jets (K, C, k), x (d,), y (p,)) -> (q,): the residual evaluated on u seen through its
+    jets at the anchors x + offsets (x itself when None) by :class:`TaylorJet`, exact in value and
+    derivatives up to ``order`` at each anchor. Jets in the layout of ``order``."""
+    x_is_anchor = offsets is None or float(offsets[0].abs().max()) == 0
+
+    def r_of_jet(j, x, y):
+        anchors = x.unsqueeze(0) if offsets is None else x + offsets
+        u = TaylorJet(j, anchors, x, x_is_anchor, order)
+        r = residual(u, x, y) if with_data else residual(u, x)
+        return torch.as_tensor(r).reshape(-1)
+
+    return r_of_jet
+
+
+def block_parts(block: Block) -> tuple[Callable | None, nn.Module | None, bool]:
+    """(per-point residual, model, with_data) of a block made by :mod:`pinnlsr.residual`
+    (None, None, False for a block function written by hand: no jets for it)."""
+    return block.residual, block.model, block.with_data
+
+
+def needed_channels(r_of_jet: Callable, points: torch.Tensor, data: torch.Tensor, n_anchors: int,
+                    k: int) -> Channels:
+    """The channels whose coefficient ∂r/∂jet is nonzero at random jets on the probe ``points``
+    (c, d): a structurally zero coefficient stays zero, one that vanishes by chance at the
+    network's own jets does not."""
+    c, d = points.shape
+    n_full = Channels.full(d, 2).size
+    gen = torch.Generator().manual_seed(12345)
+    jets = torch.randn(c, n_anchors, n_full, k, generator=gen, dtype=torch.float64).to(points)
+    coef = vmap(jacrev(r_of_jet))(jets, points, data)  # (c, q, K, C_full, k)
+    used = coef.abs().amax(dim=(0, 1, 2, 4)) > 0  # (C_full,)
+    pairs = [p for i, p in enumerate(all_pairs(d)) if bool(used[1 + d + i])]
+    first = sorted({j for j in range(d) if bool(used[1 + j])} | {j for p in pairs for j in p})
+    return Channels(d, tuple(first), tuple(pairs))
+
+
+def plan_block(block: Block, net, theta: torch.Tensor, n_probe: int = 3) -> JetPlan:
+    """The :class:`JetPlan` of one block, checked on a few probe points against the generic
+    evaluation: values and the gradient of the term's loss must agree to rounding."""
+    residual, _, with_data = block_parts(block)
+    if residual is None:
+        return JetPlan("generic", reason="block function not made by pinnlsr.residual")
+    if net is None:
+        return JetPlan("generic", reason="model is not an MLP (Linear + tanh/sin, optional input map)")
+    idx = probe_indices(block.points.shape[0], n_probe).to(block.points.device)
+    pts, data = block.points[idx], block.data[idx]
+    offsets = evaluation_offsets(residual, with_data, pts, data, net.n_outputs)
+    if offsets is None:
+        return JetPlan("generic", reason="residual evaluates u at points that are not fixed shifts of x")
+    if offsets.shape[0] == 1 and float(offsets.abs().max()) == 0:
+        offsets = None
+    r_of_jet = residual_of_jet(residual, with_data, offsets)
+    try:
+        channels = needed_channels(r_of_jet, pts, data, 1 if offsets is None else offsets.shape[0], net.n_outputs)
+    except Exception as exc:  # the residual does not run on a polynomial
+        return JetPlan("generic", reason=f"residual does not run on a Taylor polynomial ({type(exc).__name__})")
+    plan = JetPlan("jet", channels, residual, with_data, offsets)
+    fail = JetPlan("generic", reason="residual needs more than the order-2 jets of u at its points")
+    theta = theta.detach()
+    try:
+        loss, grad, values = _jet_block_loss(net, plan, block, theta, pts, data, with_values=True)
+    except Exception:
+        return fail
+    with torch.enable_grad():  # callers may run under no_grad
+        th = theta.clone().requires_grad_(True)
+        exact = block.scale * vmap(block.fn, in_dims=(None, 0, 0))(th, pts, data).reshape(-1)
+        exact_grad, = torch.autograd.grad(exact.square().sum(), th)
+    exact = exact.detach()
+    tol = 1e-9 if theta.dtype == torch.float64 else 1e-4
+    v_scale = max(1.0, float(exact.abs().max()))
+    g_scale = max(1e-300, float(exact_grad.abs().max()))
+    if (float((values - exact).abs().max()) > tol * v_scale
+            or float((grad - exact_grad).abs().max()) > tol * max(g_scale, 1e-12 * v_scale)):
+        return fail
+    return plan
+
+
+def block_jets(net, plan: JetPlan, theta: torch.Tensor, pts: torch.Tensor, keep: bool = False):
+    """(jets (c, K, C_full, k) at the anchors of pts (c, d) in the full order-2 layout, with
+    zeros in the channels the plan does not propagate; the reverse-pass state with ``keep``)."""
+    ch = plan.channels
+    c, d = pts.shape
+    anchors = pts if plan.offsets is None else (pts.unsqueeze(1) + plan.offsets).reshape(-1, d)
+    out = net.forward(theta, anchors, ch, keep=keep)  # (C, k, c·K)
+    out, state = out if keep else (out, None)
+    k = out.shape[1]
+    full = out.new_zeros(c, plan.n_anchors, Channels.full(d, 2).size, k)
+    full[:, :, ch.full_index()] = out.permute(2, 0, 1).reshape(c, plan.n_anchors, ch.size, k)
+    return full, state
+
+
+def _jet_block_loss(net: JetNetwork, plan: JetPlan, block: Block, theta: torch.Tensor, pts: torch.Tensor,
+                    data: torch.Tensor, with_values: bool = False, grad: torch.Tensor | None = None):
+    """(scale²·Σ|r|² over pts (c, d), its gradient in θ (m,), scaled values (c·q,) or None)."""
+    ch = plan.channels
+    c, n_k = pts.shape[0], plan.n_anchors
+    full, state = block_jets(net, plan, theta, pts, keep=True)
+    k, idx = full.shape[-1], ch.full_index()
+    r_of_jet = residual_of_jet(plan.residual, plan.with_data, plan.offsets)
+    s2 = block.scale ** 2
+
+    def sq(j, x, y):
+        r = r_of_jet(j, x, y)
+        return r.square().sum(), r
+
+    gsq, (sqv, r) = vmap(grad_and_value(sq, has_aux=True))(full, pts, data)
+    grad = torch.zeros_like(theta) if grad is None else grad
+    cot = (s2 * gsq[:, :, idx]).reshape(c * n_k, ch.size, k).permute(1, 2, 0).contiguous()
+    net.backward(theta, state, cot, ch, grad)
+    values = block.scale * r.reshape(-1) if with_values else None
+    return s2 * sqv.sum(), grad, values
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loss
+# ----------------------------------------------------------------------------------------------
+class JetLoss:
+    """The loss ||f(θ)||² = Σ_t w_t·mean|r_t|² of ``rows`` and its gradient, by jets where the
+    model and the term allow it and by ``vmap`` + autograd elsewhere.
+
+    Args:
+        rows: the stacked residual (:func:`pinnlsr.residual.residual_rows`).
+        model: the network the rows were built on (its structure decides whether jets apply).
+        theta: parameters at which the plans are checked (m,).
+        mode: "auto" (jets where they apply) or "generic" (vmap + autograd everywhere).
+    """
+
+    def __init__(self, rows: Rows, model: nn.Module, theta: torch.Tensor, mode: str = "auto",
+                 chunk_points: int = JET_CHUNK_POINTS):
+        if mode not in ("auto", "generic"):
+            raise ValueError(f"loss mode must be 'auto' or 'generic', got {mode!r}")
+        self.rows, self.chunk_points = rows, chunk_points
+        self.net = jet_network(model, rows.spec) if mode == "auto" else None
+        self.plans: dict[str, JetPlan] = {}
+        for block in rows.blocks:
+            if mode == "generic":
+                self.plans[block.name] = JetPlan("generic", reason="mode='generic'")
+            else:
+                self.plans[block.name] = plan_block(block, self.net, theta)
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """{term: "jet(u,u_x,...)" or "generic: why"}."""
+        return {name: plan.describe() for name, plan in self.plans.items()}
+
+    def value_and_grad(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss (0-d tensor), gradient (m,)) at θ (m,); no autograd graph is kept."""
+        theta = theta.detach()
+        grad = torch.zeros_like(theta)
+        loss = theta.new_zeros(())
+        for block in self.rows.blocks:
+            plan = self.plans[block.name]
+            for i in range(0, block.points.shape[0], self.chunk_points):
+                pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
+                if plan.kind == "jet":
+                    part = _jet_block_loss(self.net, plan, block, theta, pts, data, grad=grad)[0]
+                else:
+                    th = theta.clone().requires_grad_(True)
+                    f = vmap(block.fn, in_dims=(None, 0, 0))(th, pts, data)
+                    part = block.scale ** 2 * f.square().sum()
+                    grad += torch.autograd.grad(part, th)[0]
+                loss = loss + part.detach()
+        return loss, grad
+
+    def values(self, theta: torch.Tensor) -> torch.Tensor:
+        """The stacked scaled residual f(θ), shape (n_rows,), without gradients."""
+        theta = theta.detach()
+        parts = []
+        with torch.no_grad():
+            for block in self.rows.blocks:
+                plan = self.plans[block.name]
+                for i in range(0, block.points.shape[0], self.chunk_points):
+                    pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
+                    if plan.kind == "jet":
+                        parts.append(_jet_block_values(self.net, plan, block, theta, pts, data))
+                    else:
+                        parts.append(block.scale * vmap(block.fn, in_dims=(None, 0, 0))(theta, pts, data).reshape(-1))
+        return torch.cat(parts)
+
+
+def _jet_block_values(net: JetNetwork, plan: JetPlan, block: Block, theta: torch.Tensor, pts: torch.Tensor,
+                      data: torch.Tensor) -> torch.Tensor:
+    """Scaled values (c·q,) of a jet block at pts (c, d)."""
+    full = block_jets(net, plan, theta, pts)[0]
+    r = vmap(residual_of_jet(plan.residual, plan.with_data, plan.offsets))(full, pts, data)
+    return block.scale * r.reshape(-1)
