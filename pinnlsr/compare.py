@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from .jets import residual_norm
 from .lsr import lsr
 from .marching import refine_from_points
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
-from .residual import residual_rows
 from .train import train_adam, train_lbfgs
 
 FULL = dict(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, outer=8, gn_iters=10,
@@ -24,12 +24,6 @@ FULL = dict(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, outer=8, g
 QUICK = dict(adam_steps=100, lbfgs_steps=5, lr=3e-3, final_lr=1e-4, outer=1, gn_iters=2, align_iterations=5,
              rank=None, points=0.03)
 PROBES = 20  # convergence-history points per training phase
-
-
-def residual_norm(problem, model, points) -> float:
-    rows = residual_rows(problem, model, points)
-    with torch.no_grad():
-        return float(rows.values(ParamSpec.of(model).flatten(model), check=False).norm())
 
 
 def probe(problem, model, points) -> dict:

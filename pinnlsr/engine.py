@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import nn
 from torch.func import jacrev, vmap
 
 from . import jacobian as jac

@@ -38,6 +38,7 @@ from .lsr import prepare_model, _resolve_device
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem, Term
+from .jets import residual_norm
 from .residual import residual_rows
 from .train import train_lbfgs
 
@@ -311,17 +312,6 @@ def _warm_start(align_problem: PDEProblem, net: nn.Module, points, delta: torch.
             best_s, best = s, val
     spec.assign(net, theta0 + best_s * delta)
     return best_s
-
-
-def residual_norm(problem: PDEProblem, module: nn.Module, points) -> float:
-    """||f|| of ``module`` at ``points``; inf when the network or its residual is not finite."""
-    try:
-        rows = residual_rows(problem, module, points)
-    except FloatingPointError:
-        return math.inf
-    with torch.no_grad():
-        n = float(torch.linalg.vector_norm(rows.values(ParamSpec.of(module).flatten(module), check=False)))
-    return n if math.isfinite(n) else math.inf
 
 
 def _since_best(history: list[dict]) -> int:

@@ -20,6 +20,7 @@ a model that is not a plain MLP) are evaluated by the generic ``vmap`` path with
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,9 +176,10 @@ class TaylorJet:
             return self.jets[0, 0]
         return self.poly(y)
 
-    def jet_at(self, x: torch.Tensor, component: int, dims: tuple[int, ...]) -> torch.Tensor | None:
-        """∂^|dims| u_component / ∂x_dims at the residual's point, or None (not that point, or a
-        derivative of order above 2: the caller differentiates instead)."""
+    def jet_at(self, x: torch.Tensor, component: int | None, dims: tuple[int, ...]) -> torch.Tensor | None:
+        """∂^|dims| u_component / ∂x_dims at the residual's point (all k outputs when
+        ``component`` is None), or None (not that point, or a derivative of order above the
+        jet's: the caller differentiates instead)."""
         if x is not self.x or not self.x_is_anchor or len(dims) > self.order:
             return None
         d = self.d
@@ -188,7 +190,7 @@ class TaylorJet:
         else:
             j, k = sorted(dims)
             channel = 1 + d + j * d - j * (j - 1) // 2 + (k - j)
-        return self.jets[0, channel, component]
+        return self.jets[0, channel] if component is None else self.jets[0, channel, component]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,12 +292,13 @@ class JetNetwork:
             parts.append(torch.stack([hess[:, :, j, k].T for j, k in ch.pairs]))
         return torch.cat(parts)
 
-    def forward(self, theta: torch.Tensor, x: torch.Tensor, ch: Channels, keep: bool = False):
+    def forward(self, theta: torch.Tensor, x: torch.Tensor, ch: Channels, keep: bool = False,
+                inputs: torch.Tensor | None = None):
         """Output jets (C, k, c) at points x (c, d) (channel, output, point); with ``keep`` also
         the state that :meth:`backward` needs (each layer's input jets, each hidden
         pre-activation and the activation's derivatives there). Differentiable (forward and
-        reverse mode) in θ."""
-        a = self.input_jets(x, ch)
+        reverse mode) in θ. ``inputs``: :meth:`input_jets` of x, when already computed."""
+        a = self.input_jets(x, ch) if inputs is None else inputs
         nf, inputs, acts = len(ch.first), [], []
         idx = None
         if ch.pairs:
@@ -385,6 +388,10 @@ def jet_network(model: nn.Module, spec: ParamSpec):
     (:class:`~pinnlsr.models.LinearizedModel`, parameters z) and the shifted network of the
     Gauss–Newton step (:class:`~pinnlsr.models.ShiftedNetwork`) over any of these. None for any
     other model (its terms take the generic path)."""
+    from .deeponet import InstanceModel  # the operator networks sit beside the MLPs
+
+    if isinstance(model, InstanceModel):
+        return InstanceJets.of(model, spec)
     if isinstance(model, LinearizedModel):
         base = jet_network(model.base, model.spec)
         return None if base is None else LinearizedJets(base, model.theta0, model.basis)
@@ -407,10 +414,84 @@ def _inner_network(model: nn.Module, inner: nn.Module, spec: ParamSpec):
     prefix = next((n for n, m in model.named_modules() if m is inner), None)
     sub = _sub_spec(spec, prefix + ".") if prefix else None
     net = None if sub is None else jet_network(inner, sub[0])
+    if net is not None and not isinstance(net, JetNetwork) and sub[1] == 0 and sub[0].numel == spec.numel:
+        return net  # every parameter of model is inner's: its θ is model's
     if not isinstance(net, JetNetwork):
         return None
     net.layers = [(_shift_slice(w, sub[1]), _shift_slice(b, sub[1]), o, i) for w, b, o, i in net.layers]
     return net
+
+
+class InstanceJets:
+    """Jets of a DeepONet restricted to one input function (:class:`pinnlsr.deeponet.InstanceModel`):
+    u(x) = Σ_p b_p · t_p(x) + bias with the branch features b (fixed sensors, parameters θ_b) and
+    the trunk t (an MLP, whose jets carry the x-derivatives). Gradients and rows in θ_t come from
+    the trunk's reverse pass with cotangent cot·b, in θ_b from one branch Jacobian (or vector-
+    Jacobian product) at the fixed sensors, in the bias from the value channel."""
+
+    def __init__(self, trunk: JetNetwork, branch: nn.Module, sensors: torch.Tensor, branch_slice: slice,
+                 bias_slice: slice, branch_spec: ParamSpec, latent: int, k: int):
+        self.trunk, self.branch, self.sensors = trunk, branch, sensors
+        self.branch_slice, self.bias_slice, self.branch_spec = branch_slice, bias_slice, branch_spec
+        self.latent, self.k = latent, k
+        self.layers = trunk.layers
+
+    @classmethod
+    def of(cls, model: nn.Module, spec: ParamSpec) -> "InstanceJets | None":
+        net = model.deeponet
+        trunk = _inner_network(model, net.trunk, spec)
+        branch = _sub_spec(spec, "deeponet.branch.")
+        if not isinstance(trunk, JetNetwork) or branch is None or "deeponet.bias" not in spec.names:
+            return None
+        offsets = dict(zip(spec.names, torch.tensor([0] + spec.sizes).cumsum(0).tolist()))
+        bias = slice(offsets["deeponet.bias"], offsets["deeponet.bias"] + net.n_outputs)
+        branch_slice = slice(branch[1], branch[1] + branch[0].numel)
+        return cls(trunk, net.branch, model.branch_input, branch_slice, bias, branch[0], net.latent, net.n_outputs)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.k
+
+    def input_jets(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
+        return self.trunk.input_jets(x, ch)
+
+    def branch_features(self, theta: torch.Tensor) -> torch.Tensor:
+        """b(θ_b) at the instance's sensors: (latent, k)."""
+        params = self.branch_spec.unflatten(theta[self.branch_slice])
+        return torch.func.functional_call(self.branch, params, (self.sensors.unsqueeze(0),)).reshape(self.latent, self.k)
+
+    def forward(self, theta, x, ch, keep=False, inputs=None):
+        t = self.trunk.forward(theta, x, ch, keep, inputs)
+        t, state = t if keep else (t, None)
+        t = t.reshape(ch.size, self.latent, self.k, -1)
+        b = self.branch_features(theta)
+        out = torch.einsum("cpki,pk->cki", t, b)
+        out = torch.cat([out[:1] + theta[self.bias_slice].unsqueeze(1), out[1:]])
+        return (out, (state, t, b)) if keep else out
+
+    def backward(self, theta, state, cot, ch, grad):
+        trunk_state, t, b = state
+        cot_t = (cot.unsqueeze(1) * b.unsqueeze(-1)).reshape(ch.size, self.latent * self.k, -1)
+        self.trunk.backward(theta, trunk_state, cot_t, ch, grad)
+        grad[self.bias_slice] += cot[0].sum(-1)
+        gb = torch.einsum("cki,cpki->pk", cot, t)
+        with torch.enable_grad():
+            th = theta[self.branch_slice].detach().requires_grad_(True)
+            params = self.branch_spec.unflatten(th)
+            feats = torch.func.functional_call(self.branch, params, (self.sensors.unsqueeze(0),)).reshape(self.latent, self.k)
+            grad[self.branch_slice] += torch.autograd.grad(feats, th, gb)[0]
+
+    def point_rows(self, theta, state, cot, ch, n_anchors, m):
+        trunk_state, t, b = state
+        q, n_pts = cot.shape[0], cot.shape[-1] // n_anchors
+        cot_t = (cot.unsqueeze(2) * b.unsqueeze(-1)).reshape(q, ch.size, self.latent * self.k, -1)
+        rows = self.trunk.point_rows(theta, trunk_state, cot_t, ch, n_anchors, m)
+        rows[:, :, self.bias_slice] = cot[:, 0].reshape(q, self.k, n_pts, n_anchors).sum(-1).transpose(1, 2)
+        gb = torch.einsum("qcki,cpki->qipk", cot, t).reshape(q, n_pts, n_anchors, -1).sum(2)  # (q, c, p·k)
+        jb = jacrev(lambda th: torch.func.functional_call(
+            self.branch, self.branch_spec.unflatten(th), (self.sensors.unsqueeze(0),)).reshape(-1))(theta[self.branch_slice])
+        rows[:, :, self.branch_slice] = gb @ jb
+        return rows
 
 
 class ShiftedJets:
@@ -426,13 +507,17 @@ class ShiftedJets:
     def n_outputs(self) -> int:
         return self.base.n_outputs
 
-    def correction(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
+    def correction(self, x: torch.Tensor, ch: Channels, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """The tangent jets (C, k, c) of J(x)·δ."""
-        return jvp(lambda th: self.base.forward(th, x, ch), (self.theta0,), (self.delta,))[1]
+        return jvp(lambda th: self.base.forward(th, x, ch, inputs=inputs), (self.theta0,), (self.delta,))[1]
 
-    def forward(self, theta, x, ch, keep=False):
-        out = self.base.forward(theta, x, ch, keep)
-        corr = self.correction(x, ch)
+    def input_jets(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
+        return self.base.input_jets(x, ch)
+
+    def forward(self, theta, x, ch, keep=False, inputs=None):
+        inputs = self.base.input_jets(x, ch) if inputs is None else inputs
+        out = self.base.forward(theta, x, ch, keep, inputs)
+        corr = self.correction(x, ch, inputs)
         return (out[0] + corr, out[1]) if keep else out + corr
 
     def backward(self, theta, state, cot, ch, grad):
@@ -454,11 +539,15 @@ class LinearizedJets:
     def n_outputs(self) -> int:
         return self.base.n_outputs
 
-    def forward(self, z, x, ch, keep=False):
-        tangent = jvp(lambda th: self.base.forward(th, x, ch), (self.theta0,), (self.basis @ z,))[1]
+    def input_jets(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
+        return self.base.input_jets(x, ch)
+
+    def forward(self, z, x, ch, keep=False, inputs=None):
+        inputs = self.base.input_jets(x, ch) if inputs is None else inputs
+        out, tangent = jvp(lambda th: self.base.forward(th, x, ch, inputs=inputs), (self.theta0,), (self.basis @ z,))
         if not keep:
-            return self.base.forward(self.theta0, x, ch) + tangent
-        out, state = self.base.forward(self.theta0, x, ch, keep=True)
+            return out + tangent
+        out, state = self.base.forward(self.theta0, x, ch, keep=True, inputs=inputs)
         return out + tangent, state
 
     def backward(self, z, state, cot, ch, grad):
@@ -597,13 +686,19 @@ def plan_block(block: Block, net, theta: torch.Tensor, n_probe: int = 3) -> JetP
     return plan
 
 
-def block_jets(net, plan: JetPlan, theta: torch.Tensor, pts: torch.Tensor, keep: bool = False):
+def block_anchors(plan: JetPlan, pts: torch.Tensor) -> torch.Tensor:
+    """The points (c·K, d) where a block's residual reads u: each point's K anchors in a row."""
+    return pts if plan.offsets is None else (pts.unsqueeze(1) + plan.offsets).reshape(-1, pts.shape[1])
+
+
+def block_jets(net, plan: JetPlan, theta: torch.Tensor, pts: torch.Tensor, keep: bool = False,
+               inputs: torch.Tensor | None = None):
     """(jets (c, K, C_full, k) at the anchors of pts (c, d) in the full order-2 layout, with
-    zeros in the channels the plan does not propagate; the reverse-pass state with ``keep``)."""
+    zeros in the channels the plan does not propagate; the reverse-pass state with ``keep``).
+    ``inputs``: the network's input jets at the anchors, when already computed."""
     ch = plan.channels
     c, d = pts.shape
-    anchors = pts if plan.offsets is None else (pts.unsqueeze(1) + plan.offsets).reshape(-1, d)
-    out = net.forward(theta, anchors, ch, keep=keep)  # (C, k, c·K)
+    out = net.forward(theta, block_anchors(plan, pts), ch, keep=keep, inputs=inputs)  # (C, k, c·K)
     out, state = out if keep else (out, None)
     k = out.shape[1]
     full = out.new_zeros(c, plan.n_anchors, Channels.full(d, 2).size, k)
@@ -612,11 +707,12 @@ def block_jets(net, plan: JetPlan, theta: torch.Tensor, pts: torch.Tensor, keep:
 
 
 def _jet_block_loss(net: JetNetwork, plan: JetPlan, block: Block, theta: torch.Tensor, pts: torch.Tensor,
-                    data: torch.Tensor, with_values: bool = False, grad: torch.Tensor | None = None):
+                    data: torch.Tensor, with_values: bool = False, grad: torch.Tensor | None = None,
+                    inputs: torch.Tensor | None = None):
     """(scale²·Σ|r|² over pts (c, d), its gradient in θ (m,), scaled values (c·q,) or None)."""
     ch = plan.channels
     c, n_k = pts.shape[0], plan.n_anchors
-    full, state = block_jets(net, plan, theta, pts, keep=True)
+    full, state = block_jets(net, plan, theta, pts, keep=True, inputs=inputs)
     k, idx = full.shape[-1], ch.full_index()
     r_of_jet = residual_of_jet(plan.residual, plan.with_data, plan.offsets)
     s2 = block.scale ** 2
@@ -653,6 +749,7 @@ class JetLoss:
             raise ValueError(f"loss mode must be 'auto' or 'generic', got {mode!r}")
         self.rows, self.chunk_points = rows, chunk_points
         self.net = jet_network(model, rows.spec) if mode == "auto" else None
+        self._inputs: dict[tuple[str, int], torch.Tensor] = {}  # input jets per chunk: the points are fixed
         self.plans: dict[str, JetPlan] = {}
         for block in rows.blocks:
             if mode == "generic":
@@ -675,7 +772,8 @@ class JetLoss:
             for i in range(0, block.points.shape[0], self.chunk_points):
                 pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
                 if plan.kind == "jet":
-                    part = _jet_block_loss(self.net, plan, block, theta, pts, data, grad=grad)[0]
+                    inputs = self._input_jets(block.name, i, plan, pts)
+                    part = _jet_block_loss(self.net, plan, block, theta, pts, data, grad=grad, inputs=inputs)[0]
                 else:
                     th = theta.clone().requires_grad_(True)
                     f = vmap(block.fn, in_dims=(None, 0, 0))(th, pts, data)
@@ -683,6 +781,14 @@ class JetLoss:
                     grad += torch.autograd.grad(part, th)[0]
                 loss = loss + part.detach()
         return loss, grad
+
+    def _input_jets(self, name: str, start: int, plan: JetPlan, pts: torch.Tensor) -> torch.Tensor:
+        """The network's input jets at a chunk's anchors, computed once (a feature map's
+        derivatives cost more than the chunk's network pass)."""
+        key = (name, start)
+        if key not in self._inputs:
+            self._inputs[key] = self.net.input_jets(block_anchors(plan, pts), plan.channels)
+        return self._inputs[key]
 
     def values(self, theta: torch.Tensor) -> torch.Tensor:
         """The stacked scaled residual f(θ), shape (n_rows,), without gradients."""
@@ -694,15 +800,30 @@ class JetLoss:
                 for i in range(0, block.points.shape[0], self.chunk_points):
                     pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
                     if plan.kind == "jet":
-                        parts.append(_jet_block_values(self.net, plan, block, theta, pts, data))
+                        inputs = self._input_jets(block.name, i, plan, pts)
+                        parts.append(_jet_block_values(self.net, plan, block, theta, pts, data, inputs))
                     else:
                         parts.append(block.scale * vmap(block.fn, in_dims=(None, 0, 0))(theta, pts, data).reshape(-1))
         return torch.cat(parts)
 
 
 def _jet_block_values(net: JetNetwork, plan: JetPlan, block: Block, theta: torch.Tensor, pts: torch.Tensor,
-                      data: torch.Tensor) -> torch.Tensor:
+                      data: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled values (c·q,) of a jet block at pts (c, d)."""
-    full = block_jets(net, plan, theta, pts)[0]
+    full = block_jets(net, plan, theta, pts, inputs=inputs)[0]
     r = vmap(residual_of_jet(plan.residual, plan.with_data, plan.offsets))(full, pts, data)
     return block.scale * r.reshape(-1)
+
+
+def residual_norm(problem, module: nn.Module, points: dict[str, torch.Tensor]) -> float:
+    """||f|| of ``module`` on ``problem`` at ``points`` ({term: (n, d)}), by jets where they
+    apply; inf when the network or its residual is not finite."""
+    from .residual import residual_rows
+
+    try:
+        rows = residual_rows(problem, module, points)
+    except FloatingPointError:
+        return math.inf
+    theta = ParamSpec.of(module).flatten(module)
+    n = float(torch.linalg.vector_norm(JetLoss(rows, module, theta).values(theta)))
+    return n if math.isfinite(n) else math.inf

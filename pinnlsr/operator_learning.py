@@ -14,7 +14,6 @@ per-point code serves
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable

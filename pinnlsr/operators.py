@@ -29,9 +29,10 @@ def _scalar(u: PointFunction, component: int) -> PointFunction:
     return scalar_fn
 
 
-def _from_jet(u: PointFunction, x: torch.Tensor, component: int, dims: tuple[int, ...]) -> torch.Tensor | None:
-    """The derivative read from u's jet when u is seen through its jets (pinnlsr.jets.TaylorJet)
-    at this very point x; None otherwise (then it is computed by differentiation)."""
+def _from_jet(u: PointFunction, x: torch.Tensor, component: int | None, dims: tuple[int, ...]) -> torch.Tensor | None:
+    """The derivative (of every output when ``component`` is None) read from u's jet when u is
+    seen through its jets (pinnlsr.jets.TaylorJet) at this very point x; None otherwise (then it
+    is computed by differentiation)."""
     jet_at = getattr(u, "jet_at", None)
     return None if jet_at is None else jet_at(x, component, dims)
 
@@ -52,6 +53,9 @@ def gradient(u: PointFunction, x: torch.Tensor, component: int = 0) -> torch.Ten
 
 def jacobian(u: PointFunction, x: torch.Tensor) -> torch.Tensor:
     """du_i/dx_j at x: tensor of shape (k, d)."""
+    columns = [_from_jet(u, x, None, (j,)) for j in range(x.shape[-1])]
+    if all(c is not None for c in columns):
+        return torch.stack(columns, dim=-1)
     return jacfwd(u)(x)
 
 

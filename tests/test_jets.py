@@ -50,8 +50,16 @@ def _periodic_features(x):
     return torch.stack([torch.cos(math.pi * x[0]), torch.sin(math.pi * x[0]), x[1]])
 
 
+def _instance(g):
+    from pinnlsr.deeponet import DeepONet, InstanceModel
+
+    net = DeepONet(5, 2, (6,), (6, 5), latent=4, generator=g, trunk_lower=(-1, -1), trunk_upper=(1, 1))
+    return InstanceModel(net, torch.randn(5, generator=g, dtype=torch.float64))
+
+
 MODELS = {
     "tanh": lambda g: MLP(2, 1, (6, 5), "tanh", generator=g),
+    "instance": _instance,
     "scaled_sin": lambda g: MLP(2, 1, (5, 4), "sin", input_lower=(-1, 0), input_upper=(1, 2), generator=g),
     "features": lambda g: FeatureMLP(_periodic_features, MLP(3, 1, (6, 5), "tanh", generator=g)),
 }
@@ -62,6 +70,15 @@ def _generic_loss(rows, theta):
     f = rows.values(th, check=False)
     loss = f.dot(f)
     return loss.detach(), torch.autograd.grad(loss, th)[0]
+
+
+def _assert_matches_generic(loss, rows, theta, rel=REL):
+    """The jet loss, its gradient and the residual values equal the generic path's."""
+    value, grad = loss.value_and_grad(theta)
+    ref_value, ref_grad = _generic_loss(rows, theta)
+    assert abs(float(value - ref_value)) <= rel * float(ref_value)
+    assert float((grad - ref_grad).abs().max()) <= rel * float(ref_grad.abs().max())
+    assert torch.allclose(loss.values(theta), rows.values(theta), rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
@@ -77,11 +94,7 @@ def test_jet_loss_and_gradient_equal_the_generic_path(kind):
         assert backends[name].startswith("jet("), (name, backends[name])
     assert backends["periodic"].endswith("at 2 shifted points")
     assert backends["third"].startswith("generic: residual needs more than the order-2 jets")
-    value, grad = loss.value_and_grad(theta)
-    ref_value, ref_grad = _generic_loss(rows, theta)
-    assert abs(float(value - ref_value)) <= REL * float(ref_value)
-    assert float((grad - ref_grad).abs().max()) <= REL * float(ref_grad.abs().max())
-    assert torch.allclose(loss.values(theta), rows.values(theta), rtol=0, atol=1e-13)
+    _assert_matches_generic(loss, rows, theta)
 
 
 def test_channels_are_the_ones_the_residual_reads():
@@ -162,7 +175,7 @@ def _predictor(kind):
     return LinearizedModel(base, basis, torch.randn(3, generator=g, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("kind", ["tanh", "features"])
+@pytest.mark.parametrize("kind", ["tanh", "features", "instance"])
 @pytest.mark.parametrize("wrapper", ["linearized", "shifted"])
 def test_jets_of_the_predictor_and_the_shifted_network(kind, wrapper):
     """u(θ0) + J V z in z, and u(θ) + J(θ0) V z in θ: loss, gradient and values as the generic path."""
@@ -176,8 +189,57 @@ def test_jets_of_the_predictor_and_the_shifted_network(kind, wrapper):
     theta = ParamSpec.of(model).flatten(model)
     loss = JetLoss(rows, model, theta)
     assert all(b.startswith("jet(") for b in loss.backends.values()), loss.backends
-    value, grad = loss.value_and_grad(theta)
-    ref_value, ref_grad = _generic_loss(rows, theta)
-    assert abs(float(value - ref_value)) <= REL * float(ref_value)
-    assert float((grad - ref_grad).abs().max()) <= 1e-11 * float(ref_grad.abs().max())
-    assert torch.allclose(loss.values(theta), rows.values(theta), rtol=0, atol=1e-13)
+    _assert_matches_generic(loss, rows, theta, rel=1e-11)
+
+
+class TinyNS(PDEProblem):
+    """Steady Navier–Stokes residual (op.jacobian, per-output Laplacians) with a lid condition."""
+
+    name = "tiny_ns"
+    input_names = ("x", "y")
+    output_names = ("u", "v", "p")
+
+    def terms(self):
+        def ns(u, x):
+            out, jac = u(x), op.jacobian(u, x)
+            lap_u, lap_v = op.laplacian(u, x, component=0), op.laplacian(u, x, component=1)
+            return torch.stack([out[0] * jac[0, 0] + out[1] * jac[0, 1] + jac[2, 0] - 0.01 * lap_u,
+                                out[0] * jac[1, 0] + out[1] * jac[1, 1] + jac[2, 1] - 0.01 * lap_v,
+                                jac[0, 0] + jac[1, 1]])
+
+        def lid(u, x):
+            return torch.stack([u(x)[0] - torch.where(x[1] > 0.5, 4 * x[0] * (1 - x[0]), torch.zeros_like(x[0])),
+                                u(x)[1]])
+
+        return [Term("pde", ns, _box, 7), Term("bc", lid, _box, 4, 10.0)]
+
+
+def test_multi_output_residual_with_op_jacobian():
+    problem = TinyNS()
+    model = MLP(2, 3, (6, 5), "tanh", generator=torch.Generator().manual_seed(1))
+    points = problem.sample_points(torch.Generator().manual_seed(2))
+    rows = residual_rows(problem, model, points)
+    theta = ParamSpec.of(model).flatten(model)
+    loss = JetLoss(rows, model, theta)
+    assert loss.backends == {"pde": "jet(u,u_x0,u_x1,u_x0x0,u_x1x1)", "bc": "jet(u)"}
+    _assert_matches_generic(loss, rows, theta)
+
+
+def test_deeponet_instance_jets_loss_and_rows():
+    """A DeepONet restricted to one input function: trunk jets, branch and bias in θ."""
+    from pinnlsr import engine
+    from pinnlsr.deeponet import DeepONet, InstanceModel
+
+    g = torch.Generator().manual_seed(3)
+    net = DeepONet(5, 2, (6,), (6, 5), latent=4, n_outputs=1, generator=g, trunk_lower=(-1, -1), trunk_upper=(1, 1))
+    model = InstanceModel(net, torch.randn(5, generator=g, dtype=torch.float64))
+    problem = Mixed()
+    points = problem.sample_points(torch.Generator().manual_seed(2))
+    rows = residual_rows(problem, model, points)
+    theta = ParamSpec.of(model).flatten(model)
+    loss = JetLoss(rows, model, theta)
+    assert all(b.startswith("jet(") for b in loss.backends.values()), loss.backends
+    _assert_matches_generic(loss, rows, theta)
+    dense = torch.func.jacrev(lambda th: rows.values(th))(theta)
+    got = torch.cat([gr for _, gr in engine.iter_rows(rows, theta)])
+    assert float((got - dense).abs().max()) <= 1e-10 * float(dense.abs().max())

@@ -59,3 +59,18 @@ def test_bad_inputs():
         solve(a, b, "lu")
     with pytest.raises(ValueError, match="empty"):
         solve(a[:, :0], b)
+
+
+def test_tall_svd_solve_goes_through_r_and_matches_the_dense_svd():
+    """n >= 2r: the SVD of R11 of [A | b] gives the same z, singular values and residual."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(300, 12, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(0, -9, 12, dtype=torch.float64))
+    b = torch.randn(300, generator=g, dtype=torch.float64)
+    sol = solve_svd(a, b, rcond=1e-7)
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    keep = s > 1e-7 * s[0]
+    z = vh[keep].T @ ((u[:, keep].T @ b) / s[keep])
+    assert sol.rank_used == int(keep.sum()) < 12
+    assert torch.allclose(sol.singular_values, s, rtol=1e-12, atol=0)
+    assert torch.allclose(sol.z, z, rtol=1e-9, atol=1e-12)
+    assert abs(sol.residual_norm - float((a @ z - b).norm())) <= 1e-12 * float(b.norm())
