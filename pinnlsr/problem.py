@@ -16,6 +16,7 @@ The stacked residual of a problem is f = concat_t sqrt(w_t / n_t) · r_t(x_i), s
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -66,6 +67,13 @@ class Term:
                 raise ValueError(
                     f"term {self.name!r}: empty point set (n_points={self.n_points}); give a positive n_points"
                 )
+            try:
+                inspect.signature(self.points).bind(self.n_points, generator=generator)
+            except TypeError:
+                raise TypeError(f"term {self.name!r}: samplers are called as sampler(n, generator=g); give yours a "
+                                "parameter named generator, e.g. lambda n, generator=None: ...") from None
+            except ValueError:  # no signature to check (a builtin)
+                pass
             pts = self.points(self.n_points, generator=generator)
         else:
             raise TypeError(f"term {self.name!r}: points must be a tensor (n, d) or a sampler callable")
