@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -115,7 +116,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     fix = "remove it or start over (resume=False; on the command line --overwrite)"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle protocol: the error below says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or pickled objects: never unpickled
         raise ValueError(f"{str(path)!r} is not a readable Iterative LSR checkpoint ({type(exc).__name__}): {fix}") from None
     if not isinstance(obj, dict) or "version" not in obj or "model" not in obj:
