@@ -161,8 +161,10 @@ def check_settings(path: Path, stored: dict, current: dict) -> None:
     diff = [f"{k}: checkpoint {stored.get(k)!r}, now {current.get(k)!r}"
             for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
     if diff:
-        raise ValueError(f"{str(path)!r} was written by a run with other settings ({'; '.join(diff[:6])}): resume "
-                         "with the same settings, or start over (resume=False; on the command line --overwrite)")
+        only_start = all(d.startswith("start_") for d in diff)
+        why = " (the same options gave another starting network: thread count or torch version?)" if only_start else ""
+        raise ValueError(f"{str(path)!r} was written by a run with other settings ({'; '.join(diff[:6])}){why}: "
+                         "resume with the same settings, or start over (resume=False; on the command line --overwrite)")
 
 
 def iterative_lsr(

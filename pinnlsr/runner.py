@@ -312,7 +312,8 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
         stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget, refined))
     metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
                "n_params": ParamSpec.of(model).numel,
-               "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "stages": stages}
+               "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "threads": torch.get_num_threads(),
+               "stages": stages}
     print_table(stages)
     if args.out is not None:
         histories.extend(history_rows("lsr", {"iteration": [0], "seconds": [d["seconds"]["total"]],
