@@ -138,7 +138,7 @@ def check_options(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ValueError(f"{flag(name)} must be >= 1, got {v}")
-    if getattr(args, "resume", False) and not args.ilsr_outer:
+    if args.resume and not args.ilsr_outer:
         raise ValueError("--resume continues a checkpointed ILSR stage: give --ilsr-outer N as in the interrupted run")
 
 
@@ -238,38 +238,47 @@ def print_table(stages: list[dict], file=None) -> None:
               f"{s['seconds']:>10.2f}", file=file)
 
 
-def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
-    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
-    # Every input is checked before any computing; the output folder is changed only then.
-    check_options(args)
-    dtype = DTYPES[args.dtype]
-    device = resolve_device(args.device)
-    progress = False if args.quiet else None
-    generator = torch.Generator().manual_seed(args.seed)
-    runfolder.check(args.out, args.overwrite, getattr(args, "resume", False))
+def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype: torch.dtype,
+                   device: torch.device):
+    """Check the inputs of a run before any computing (output folder, model, points, reference
+    data, time windows, subspace, checkpoints; options and device are checked by the caller);
+    returns the model (with ``--checkpoint`` loaded), the points and (checkpoint notes, load seconds)."""
+    runfolder.check(args.out, args.overwrite, args.resume)
     model = build_model(problem, args, generator, dtype, device)
     points = problem.sample_points(generator, dtype, device, parse_counts(args.points))
     check_model(problem, model, next(iter(points.values()))[:2])
     reference_on(problem, dtype, device)  # a missing or malformed reference file fails here, not after training
-    if getattr(args, "time_windows", None):
+    if args.time_windows:
         check_windows(problem, args.time_windows)
     last_window_options(args)
-    try:  # fail before training, not after it
+    try:
         resolve_subspace(ParamSpec.of(model).numel, args.rank, args.subspace)
     except ValueError as e:
         raise ValueError(f"{e} (on the command line: --rank R or --subspace full)") from None
+    load = ([], 0.0)
     if args.checkpoint is not None:
-        t_load = time.perf_counter()
-        notes = ckpt.load_into(model, args.checkpoint)
-        t_load = time.perf_counter() - t_load
-    if getattr(args, "resume", False):
+        t = time.perf_counter()
+        load = (ckpt.load_into(model, args.checkpoint), time.perf_counter() - t)
+    if args.resume:
         check_resume(problem, args)
+    return model, points, load
+
+
+def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
+    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
+    dtype = DTYPES[args.dtype]
+    progress = False if args.quiet else None
+    generator = torch.Generator().manual_seed(args.seed)
+    check_options(args)
+    device = resolve_device(args.device)
+    model, points, load = checked_inputs(problem, args, generator, dtype, device)
     if args.out is not None:
-        runfolder.clear(args.out, keep_checkpoints=getattr(args, "resume", False))
+        runfolder.clear(args.out, keep_checkpoints=args.resume)
         atomic_write_json(args.out / "config.json", run_config(problem, args))
     stages: list[dict] = []
     histories: list[dict] = []  # rows of history.csv
     if args.checkpoint is not None:
+        notes, t_load = load
         for note in notes:
             print(f"checkpoint: {note}", file=sys.stderr)
         stages.append(_stage("checkpoint", t_load, model_errors(problem, model, dtype, device),
