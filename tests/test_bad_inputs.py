@@ -13,7 +13,9 @@ from pinnlsr.lsr import lsr
 from pinnlsr.models import MLP
 from pinnlsr.problem import Term
 from problems.deeponet_antiderivative import run_cli as operator_cli
+from problems.allen_cahn1d import AllenCahn1D
 from problems.fit2d import run_cli as fit2d_cli
+from problems.heat_inverse import run_cli as heat_cli
 from problems.poisson2d import Poisson2D
 
 NETS = '''
@@ -63,6 +65,10 @@ def files(tmp_path_factory):
 
 def poisson(argv):
     return runner.main(Poisson2D, argv)
+
+
+def allen_cahn(argv):
+    return runner.main(lambda: AllenCahn1D(widths=(6,)), argv)
 
 
 BASE = ["--adam-steps", "0", "--quiet", "--no-plot", "--points", "pde=20", "bc=8"]
@@ -138,7 +144,12 @@ CLI_CASES = [
     ("operator-steps-negative", operator_cli, ["--steps", "-1"], "--steps must be >= 0"),
     ("operator-n-test-zero", operator_cli, ["--n-test", "0"], "--n-test must be >= 1"),
     ("operator-out-holds-run", operator_cli, ["--out", "{oldrun}"], "holds an earlier run"),
+    ("operator-lsr-points", operator_cli, ["--lsr-points", "pde=x"], "--lsr-points expects TERM=N"),
     ("fit2d-device", fit2d_cli, ["--device", "cpux"], "not a torch device"),
+    ("heat-points-file", heat_cli, ["--points-file", "{afile}.npz"], "not found"),
+    ("heat-noise-negative", heat_cli, ["--noise", "-1"], "need noise >= 0"),
+    ("windows-not-increasing", allen_cahn, ["--time-windows", "0.5", "0.2", "1"], "increasing"),
+    ("windows-past-t1", allen_cahn, ["--time-windows", "0.5", "2"], "must end at t1"),
 ]
 
 
