@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name", help="problem name (see `pinnlsr list`)")
     compare = sub.add_parser("compare", help="Adam, Adam+L-BFGS, LSR and Iterative LSR side by side on one problem")
     compare.add_argument("name", help="problem name (see `pinnlsr list`)")
-    compare.add_argument("--out", type=out_path, default=None, help="folder for compare.json, compare.md and compare.png")
+    compare.add_argument("--out", type=out_path, default=None,
+                         help="folder for compare.json, compare.md and compare.png")
     compare.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
     compare.add_argument("--quick", action="store_true", help="smoke-sized run (few steps, 3%% of the points)")
     report = sub.add_parser("report", help="rebuild figures and summary.md of a run folder from its files")

@@ -120,7 +120,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or pickled objects: never unpickled
-        raise ValueError(f"{str(path)!r} is not a readable Iterative LSR checkpoint ({type(exc).__name__}): {fix}") from None
+        raise ValueError(f"{str(path)!r} is not a readable Iterative LSR checkpoint ({type(exc).__name__}): "
+                         f"{fix}") from None
     if not isinstance(obj, dict) or "version" not in obj or "model" not in obj:
         raise ValueError(f"{str(path)!r} is not an Iterative LSR checkpoint: {fix}")
     if obj["version"] != CHECKPOINT_VERSION:
@@ -153,7 +154,8 @@ def history_settings(problem: PDEProblem, net: nn.Module, points: dict[str, torc
             "parameter_shapes": digest([torch.tensor(list(p.shape) or [0]) for p in net.parameters()]),
             "points": {k: int(points[k].shape[0]) for k in names}, **schedule, "pinnlsr": __version__,
             "start_network": digest([spec.flatten(net)]),
-            "start_points": digest([points[k] for k in names] + [validation_points[k] for k in sorted(validation_points)])}
+            "start_points": digest([points[k] for k in names]
+                                   + [validation_points[k] for k in sorted(validation_points)])}
 
 
 def check_settings(path: Path, stored: dict, current: dict) -> None:

@@ -29,7 +29,8 @@ TEMPORARY = (".*.tmp", ".*.tmp.vtu", ".predictions.npz.*.npz")
 def out_path(text: str) -> Path:
     """argparse type of ``--out``: an empty path (an unset shell variable) is an error, not '.'."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("--out is empty (an unset shell variable?); give a folder, e.g. --out runs/NAME")
+        raise argparse.ArgumentTypeError("--out is empty (an unset shell variable?); give a folder, "
+                                         "e.g. --out runs/NAME")
     return Path(text)
 
 

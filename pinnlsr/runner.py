@@ -80,7 +80,8 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     p.add_argument("--gn-iters", type=int, default=d.get("gn_iters", 0),
                    help="tangent Gauss–Newton iterations after LSR, a 'gauss_newton' stage (0: none)")
     p.add_argument("--ilsr-outer", type=int, default=d.get("ilsr_outer", 0),
-                   help="Iterative LSR outer iterations, an 'ilsr' stage (0: none); checkpointed to OUT/ilsr.pt (see --resume)")
+                   help="Iterative LSR outer iterations, an 'ilsr' stage (0: none); checkpointed to OUT/ilsr.pt "
+                        "(see --resume)")
     p.add_argument("--align-iterations", type=int, default=d.get("align_iterations", 200),
                    help="L-BFGS iterations aligning the network to the predictor in each ILSR iteration")
     p.add_argument("--dtau", type=float, default=d.get("dtau", 1e-3),
@@ -116,15 +117,17 @@ def parse_counts(items: list[str], option: str = "--points") -> dict[str, int]:
     return counts
 
 
-#: options that must be >= 0, > 0 (and finite), or >= 1 when given
+#: options that must be >= 0, > 0 (and finite), or >= 1 when given (of the runner and the
+#: problems with their own pipeline)
 NON_NEGATIVE = ("adam_steps", "lbfgs_steps", "oversampling", "power_iterations", "gn_iters", "ilsr_outer",
-                "align_iterations", "rcond", "tikhonov", "gn_damping")
+                "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
 POSITIVE = ("lr", "final_lr", "dtau", "memory_budget_gb")
-AT_LEAST_ONE = ("rank", "last_window_rank", "last_window_outer")
+AT_LEAST_ONE = ("rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Ranges of the numeric options: a ValueError names the option and what it accepts."""
+    """Ranges of the numeric options in ``args`` (those it has): a ValueError names the option
+    and what it accepts."""
     flag = lambda name: "--" + name.replace("_", "-")
     for name in NON_NEGATIVE:
         v = getattr(args, name, None)
@@ -138,7 +141,7 @@ def check_options(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ValueError(f"{flag(name)} must be >= 1, got {v}")
-    if args.resume and not args.ilsr_outer:
+    if getattr(args, "resume", False) and not args.ilsr_outer:
         raise ValueError("--resume continues a checkpointed ILSR stage: give --ilsr-outer N as in the interrupted run")
 
 

@@ -35,7 +35,7 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_error_per_instance
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan
 from pinnlsr import runfolder
-from pinnlsr.runner import DTYPES, Parser, resolve_device, run_guarded
+from pinnlsr.runner import DTYPES, Parser, check_options, resolve_device, run_guarded
 
 N_SENSORS = 100
 
@@ -187,6 +187,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
+    check_options(args)
     dtype, device = DTYPES[args.dtype], resolve_device(args.device)
     runfolder.check(args.out, args.overwrite)
     runfolder.clear(args.out, keep_checkpoints=False)

@@ -25,7 +25,8 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
 from pinnlsr import runfolder
-from pinnlsr.runner import DTYPES, _residual_norm, _stage, print_table, Parser, resolve_device, run_guarded
+from pinnlsr.runner import (DTYPES, Parser, _residual_norm, _stage, check_options, print_table, resolve_device,
+                            run_guarded)
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -100,6 +101,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
+    check_options(args)
     dtype, device = DTYPES[args.dtype], resolve_device(args.device)
     runfolder.check(args.out, args.overwrite)
     runfolder.clear(args.out, keep_checkpoints=False)

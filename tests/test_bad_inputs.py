@@ -13,6 +13,7 @@ from pinnlsr.lsr import lsr
 from pinnlsr.models import MLP
 from pinnlsr.problem import Term
 from problems.deeponet_antiderivative import run_cli as operator_cli
+from problems.deeponet_antiderivative_data import run_cli as data_operator_cli
 from problems.allen_cahn1d import AllenCahn1D
 from problems.fit2d import run_cli as fit2d_cli
 from problems.heat_inverse import run_cli as heat_cli
@@ -146,6 +147,10 @@ CLI_CASES = [
     ("operator-out-holds-run", operator_cli, ["--out", "{oldrun}"], "holds an earlier run"),
     ("operator-lsr-points", operator_cli, ["--lsr-points", "pde=x"], "--lsr-points expects TERM=N"),
     ("fit2d-device", fit2d_cli, ["--device", "cpux"], "not a torch device"),
+    ("fit2d-samples-zero", fit2d_cli, ["--samples", "0"], "--samples must be >= 1"),
+    ("fit2d-adam-negative", fit2d_cli, ["--adam-steps", "-3"], "--adam-steps must be"),
+    ("data-operator-latent-zero", data_operator_cli, ["--latent", "0"], "--latent must be >= 1"),
+    ("data-operator-lr-zero", data_operator_cli, ["--lr", "0"], "--lr must be"),
     ("heat-points-file", heat_cli, ["--points-file", "{afile}.npz"], "not found"),
     ("heat-noise-negative", heat_cli, ["--noise", "-1"], "need noise >= 0"),
     ("windows-not-increasing", allen_cahn, ["--time-windows", "0.5", "0.2", "1"], "increasing"),
