@@ -89,7 +89,8 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> list[str]:
 
 
 def resolve_factory(spec: str) -> Callable[..., nn.Module]:
-    """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``.
+    """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``; a run calls
+    it without arguments to build the network.
 
     This imports and runs the user's own code (the architecture), never anything from a
     checkpoint file."""
@@ -106,7 +107,11 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"model factory {spec!r}: module {exc.name!r} not found; give an importable "
+                             "'package.module:function' or a 'path/to/file.py:function'") from None
     if not hasattr(module, attr):
         raise ValueError(f"model factory {spec!r}: {target!r} has no attribute {attr!r}")
     factory = getattr(module, attr)

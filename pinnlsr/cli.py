@@ -1,7 +1,8 @@
 """The ``pinnlsr`` command: list problems, run one, compare methods on one, rebuild a run's report.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad input (unknown problem, bad option, unusable
-file), 3 a run whose refined result is not finite. Interrupted runs (Ctrl-C) exit with 130.
+Exit codes: 0 success, 2 bad input (unknown problem, bad option, unusable file or output folder:
+one line on stderr naming the problem and the fix), 3 a run whose refined result is not finite,
+130 an interrupted run (Ctrl-C, no traceback). A bug shows its traceback (exit code 1).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pkgutil
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from .runfolder import check_writable, out_path
 
 
 def problem_modules() -> dict[str, ModuleType]:
@@ -59,6 +62,8 @@ def _compare(args) -> int:
         print(f"error: unknown problem {args.name!r}; `pinnlsr list` shows the problems", file=sys.stderr)
         return 2
     problem = modules[args.name].PROBLEM()
+    if args.out is not None:
+        check_writable(args.out)
     result = compare_methods(problem, QUICK if args.quick else FULL, args.seed)
     text = table([result])
     print(text)
@@ -86,7 +91,9 @@ def _report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .runner import Parser
+
+    parser = Parser(
         prog="pinnlsr",
         description="Linearized Subspace Refinement of trained physics-informed networks.",
     )
@@ -97,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name", help="problem name (see `pinnlsr list`)")
     compare = sub.add_parser("compare", help="Adam, Adam+L-BFGS, LSR and Iterative LSR side by side on one problem")
     compare.add_argument("name", help="problem name (see `pinnlsr list`)")
-    compare.add_argument("--out", default=None, help="folder for compare.json, compare.md and compare.png")
+    compare.add_argument("--out", type=out_path, default=None,
+                         help="folder for compare.json, compare.md and compare.png")
     compare.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
     compare.add_argument("--quick", action="store_true", help="smoke-sized run (few steps, 3%% of the points)")
     report = sub.add_parser("report", help="rebuild figures and summary.md of a run folder from its files")
@@ -105,23 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dispatch(parser: argparse.ArgumentParser, args, rest: list[str]) -> int:
+    if args.command == "list":
+        return _list(args)
+    if args.command == "run":
+        return _run(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "compare":
+        return _compare(args)
+    return _report(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .runner import run_guarded
+
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    try:
-        if args.command == "list":
-            return _list(args)
-        if args.command == "run":
-            return _run(args, rest)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command == "compare":
-            return _compare(args)
-        return _report(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    code, result = run_guarded(_dispatch, parser, args, rest)
+    return code or result
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ stopped and continues with the same history as an uninterrupted one (same seed).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,7 +44,7 @@ from .jets import residual_norm
 from .residual import residual_rows
 from .train import train_lbfgs
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: with the settings that determine the history
 
 
 @dataclass
@@ -109,11 +111,63 @@ def adaptive_points(problem: PDEProblem, model: nn.Module, generator: torch.Gene
     return out
 
 
-def _load(path: Path) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not an Iterative LSR checkpoint of version {CHECKPOINT_VERSION}")
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The contents of an Iterative LSR checkpoint (tensors and plain values only, read with
+    ``weights_only=True``); a ValueError says what is wrong with a corrupt, foreign or old file."""
+    path = Path(path)
+    fix = "remove it or start over (resume=False; on the command line --overwrite)"
+    try:
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle protocol: the error below says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or pickled objects: never unpickled
+        raise ValueError(f"{str(path)!r} is not a readable Iterative LSR checkpoint ({type(exc).__name__}): "
+                         f"{fix}") from None
+    if not isinstance(obj, dict) or "version" not in obj or "model" not in obj:
+        raise ValueError(f"{str(path)!r} is not an Iterative LSR checkpoint: {fix}")
+    if obj["version"] != CHECKPOINT_VERSION:
+        raise ValueError(f"{str(path)!r} is an Iterative LSR checkpoint of version {obj['version']}, this pinnlsr "
+                         f"writes version {CHECKPOINT_VERSION} (with the settings it was run with): {fix}")
     return obj
+
+
+def digest(tensors) -> str:
+    """A short SHA-256 digest of the values of ``tensors`` (as float64 on the CPU)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def history_settings(problem: PDEProblem, net: nn.Module, points: dict[str, torch.Tensor],
+                     validation_points: dict[str, torch.Tensor], seed: int, dtype: torch.dtype,
+                     **schedule) -> dict:
+    """What determines the history of an Iterative LSR run (stored in its checkpoint): problem,
+    seed, architecture, parameter count, points, the schedule, the library version and digests of
+    the starting network and the points. ``outer_iterations`` is not part of it: a resumed run
+    may go on for more iterations."""
+    from . import __version__
+
+    spec = ParamSpec.of(net)
+    names = sorted(points)
+    return {"problem": problem.name, "seed": int(seed), "dtype": str(dtype).replace("torch.", ""),
+            "architecture": type(net).__name__, "n_params": spec.numel,
+            "parameter_shapes": digest([torch.tensor(list(p.shape) or [0]) for p in net.parameters()]),
+            "points": {k: int(points[k].shape[0]) for k in names}, **schedule, "pinnlsr": __version__,
+            "start_network": digest([spec.flatten(net)]),
+            "start_points": digest([points[k] for k in names]
+                                   + [validation_points[k] for k in sorted(validation_points)])}
+
+
+def check_settings(path: Path, stored: dict, current: dict) -> None:
+    """Refuse to resume a checkpoint written with other settings, naming the differences."""
+    diff = [f"{k}: checkpoint {stored.get(k)!r}, now {current.get(k)!r}"
+            for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    if diff:
+        only_start = all(d.startswith("start_") for d in diff)
+        why = " (the same options gave another starting network: thread count or torch version?)" if only_start else ""
+        raise ValueError(f"{str(path)!r} was written by a run with other settings ({'; '.join(diff[:6])}){why}: "
+                         "resume with the same settings, or start over (resume=False; on the command line --overwrite)")
 
 
 def iterative_lsr(
@@ -169,7 +223,9 @@ def iterative_lsr(
             reject_factor × the best one (or is not finite); the network goes back to the best state.
         patience: stop after this many outer iterations without a new best (None: never early).
         checkpoint: file written atomically after every outer iteration; with ``resume`` and an
-            existing file the run starts from it.
+            existing file the run starts from it, if it was written with the same settings (see
+            :func:`history_settings`; a ValueError names the differences otherwise). Without
+            ``resume`` an existing file is replaced.
         callback: called with each outer iteration's history record (after it is checkpointed).
     """
     t_start = time.perf_counter()
@@ -195,9 +251,19 @@ def iterative_lsr(
     history: list[dict] = []
     start_iter = 0
     best: dict | None = None  # {"iteration", "theta", "V", "z", "validation_residual"}
+    settings = history_settings(
+        problem, net, points, validation_points, seed, dtype, rank=rank, subspace=subspace,
+        oversampling=oversampling, power_iterations=power_iterations, resample=resample,
+        adaptive_fraction=adaptive_fraction, gn_iterations=gn_iterations, gn_patience=gn_patience, damping=damping,
+        rcond=rcond, align_iterations=align_iterations, dtau=dtau, warm_start=warm_start,
+        reject_factor=reject_factor, patience=patience)
     path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a write killed midway
+            leftover.unlink(missing_ok=True)
     if path is not None and resume and path.exists():
-        state = _load(path)
+        state = read_checkpoint(path)
+        check_settings(path, state.get("settings", {}), settings)
         net.load_state_dict({k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
                              for k, v in state["model"].items()})
         generator.set_state(state["generator"])
@@ -224,7 +290,7 @@ def iterative_lsr(
                 "validation_residual": rec["validation_residual"]}
         start_iter = 1
         if path is not None:
-            _checkpoint(path, net, generator, points, history, best, start_iter)
+            _checkpoint(path, net, generator, points, history, best, start_iter, settings)
         if callback:
             callback(rec)
 
@@ -286,7 +352,7 @@ def iterative_lsr(
         rec["seconds"] = elapsed
         history.append(rec)
         if path is not None:
-            _checkpoint(path, net, generator, points, history, best, k + 1)
+            _checkpoint(path, net, generator, points, history, best, k + 1, settings)
         if callback:
             callback(rec)
 
@@ -328,9 +394,10 @@ def _best_model(net: nn.Module, spec: ParamSpec, best: dict) -> LinearizedModel:
     return LinearizedModel(base, best["V"], best["z"])
 
 
-def _checkpoint(path: Path, net, generator, points, history, best, next_iteration) -> None:
+def _checkpoint(path: Path, net, generator, points, history, best, next_iteration, settings) -> None:
     save_state_dict(net, path, {
         "version": CHECKPOINT_VERSION,
+        "settings": settings,
         "generator": generator.get_state(),
         "points": {k: v.detach().cpu() for k, v in points.items()},
         "history": history,
@@ -384,7 +451,7 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
                        oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
                        damping=args.gn_damping, align_iterations=args.align_iterations, dtau=args.dtau,
                        warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
-                       memory_budget=memory_budget)
+                       memory_budget=memory_budget, resume=bool(getattr(args, "resume", False)))
         windows = getattr(args, "time_windows", None)
         res = refine_from_points(problem, model, points, time_windows=windows, last_window=last_window_options(args),
                                  out_dir=args.out, **options)

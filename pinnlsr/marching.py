@@ -79,6 +79,20 @@ class TimeWindow(PDEProblem):
         return self.base.default_model(*args, **kwargs)
 
 
+def check_windows(problem: PDEProblem, windows) -> list[float]:
+    """The window end times as floats; a ValueError unless they increase, lie in (t0, t1] of the
+    problem's TimeDomain and the last one is t1."""
+    windows = [float(t) for t in windows]
+    domain = getattr(problem, "domain", None)
+    if not windows or any(b <= a for a, b in zip(windows, windows[1:])):
+        raise ValueError(f"time windows must be a non-empty increasing list of end times, got {windows}")
+    if isinstance(domain, TimeDomain) and abs(windows[-1] - domain.t1) > 1e-12:
+        raise ValueError(f"the last time window must end at t1 = {domain.t1}, got {windows[-1]}")
+    for t_end in windows:
+        TimeWindow(problem, t_end)  # a TimeDomain, and t0 < t_end <= t1
+    return windows
+
+
 def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts: dict[str, int] | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, seed: int = 0,
                       callback: Callable[[dict], None] | None = None, last_window: dict | None = None,
@@ -96,12 +110,7 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
     interrupted run resumes in the window it stopped in (finished windows are read back, not recomputed). Returns the last window's result
     (its predictor covers the whole interval) with the history of all windows, every record
     carrying its ``window`` end time; its ``diagnostics["windows"]`` has one summary per window."""
-    windows = [float(t) for t in windows]
-    domain = getattr(problem, "domain", None)
-    if not windows or any(b <= a for a, b in zip(windows, windows[1:])):
-        raise ValueError(f"windows must be a non-empty increasing list of end times, got {windows}")
-    if isinstance(domain, TimeDomain) and abs(windows[-1] - domain.t1) > 1e-12:
-        raise ValueError(f"the last window must end at t1 = {domain.t1}, got {windows[-1]}")
+    windows = check_windows(problem, windows)
     overrides = dict(last_window or {})
     last_counts = overrides.pop("counts", None)
     unknown = set(overrides) - set(inspect.signature(iterative_lsr).parameters)

@@ -9,7 +9,6 @@ every test function by LSR, print the table and, with ``--out DIR``, write ``met
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,19 +17,21 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import runfolder
 from .io import atomic_write_json
 from .metrics import predict
+from .runner import Parser, run_guarded
 from .operator_learning import (OperatorProblem, predict_operator, rank_scan, refine_instances,
                                 relative_errors, summarize, train_pideeponet)
 
 
 def build_parser(problem: OperatorProblem, defaults: dict, prog: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog or f"python -m problems.{problem.name}",
         description=f"{problem.name}: {problem.description}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, functions, points and sketches")
-    p.add_argument("--out", type=Path, default=None, help="output folder for metrics.json, model.pt, figures")
+    runfolder.add_options(p, help_out="output folder for metrics.json, model.pt, figures")
     p.add_argument("--checkpoint", type=Path, default=None, help="load this DeepONet state_dict instead of pretraining")
     p.add_argument("--widths", type=int, nargs="+", default=list(defaults["widths"]), help="hidden widths of branch and trunk")
     p.add_argument("--latent", type=int, default=defaults["latent"], help="latent size p of the dot-product head")
@@ -65,9 +66,28 @@ def _counts(items: list[str], problem: OperatorProblem) -> dict[str, int]:
     return out
 
 
+def check_options(args) -> None:
+    """Ranges of the numeric options: a ValueError names the option and what it accepts."""
+    for name in ("latent", "n_train", "batch_size", "n_test", "scan_instances", "rank"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for name in ("steps", "power_iterations", "gauss_newton"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("lr", "final_lr"):
+        if not 0 < getattr(args, name) < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
+    if min(args.widths) < 1 or min(args.scan_ranks) < 1:
+        raise ValueError("--widths and --scan-ranks must be positive integers")
+
+
 def run(problem: OperatorProblem, args) -> dict:
-    torch.manual_seed(args.seed)
+    check_options(args)
     counts = _counts(args.lsr_points, problem)
+    runfolder.check(args.out, args.overwrite)
+    runfolder.clear(args.out, keep_checkpoints=False)
+    torch.manual_seed(args.seed)
     net = problem.default_deeponet(torch.Generator().manual_seed(args.seed), widths=tuple(args.widths),
                                    latent=args.latent)
     n_params = sum(p.numel() for p in net.parameters())
@@ -209,13 +229,8 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
 
 def run_operator_cli(problem_factory: Callable[[], OperatorProblem], argv=None, prog=None,
                      defaults: dict | None = None) -> int:
-    """Entry point of an operator problem module; exit code 0 on success, 2 on bad input."""
+    """Entry point of an operator problem module; exit code 0 on success, 2 on bad input, 130 on Ctrl-C."""
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     problem = problem_factory()
     args = build_parser(problem, defaults or {}, prog).parse_args(argv)
-    try:
-        run(problem, args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(run, problem, args)[0]

@@ -10,6 +10,14 @@ Example, the residual of -Δu = f at one point::
 
     def pde(u, x):
         return -laplacian(u, x) - f(x)
+
+A Neumann condition ∂u/∂n = g: the outward normals of the boundary points go in as per-point
+targets, so the residual gets the normal n (d,) of its point::
+
+    xb = domain.sample_boundary(200, generator=gen)
+    Term("neumann", lambda u, x, n: gradient(u, x) @ n - g(x), xb, targets=domain.boundary_normal(xb))
+
+Residuals run under ``vmap``: branch on coordinates with ``torch.where``, not a Python ``if``.
 """
 from __future__ import annotations
 

@@ -5,12 +5,18 @@ point ``x`` of shape (d,) -> outputs (k,)) and the point ``x`` to a residual of 
 scalar; the derivative helpers of :mod:`pinnlsr.operators` build PDE operators from ``u``. The same
 code then serves pretraining, LSR, Gauss–Newton, error checks and plots.
 
+Residuals run under ``torch.func.vmap`` (over points) and ``jacrev``/``jvp`` (over parameters), so
+they must not branch in Python on tensor values: instead of ``if x[0] > 0.5: ...`` write
+``torch.where(x[0] > 0.5, a, b)`` (a Python ``if`` on a coordinate fails with torch's
+"data-dependent control flow" error).
+
 The stacked residual of a problem is f = concat_t sqrt(w_t / n_t) · r_t(x_i), so that
 ||f||² = Σ_t w_t · mean_i |r_t(x_i)|² is exactly the training loss.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -28,9 +34,12 @@ class Term:
 
     Args:
         name: unique name ("pde", "bc", "ic", "data", ...), used in diagnostics and errors.
-        residual: ``residual(u, x) -> (q,)`` or scalar, for one point x of shape (d,).
-        points: a fixed tensor (n, d), or a sampler ``sampler(n, generator) -> (n, d)`` (the
-            ``sample_*`` methods of :mod:`pinnlsr.geometry` fit), called with ``n_points``.
+        residual: ``residual(u, x) -> (q,)`` or scalar, for one point x of shape (d,); runs
+            under ``vmap``: use ``torch.where``, not a Python ``if``, on coordinates.
+        points: a fixed tensor (n, d), or a sampler called as ``sampler(n, generator=g) -> (n, d)``
+            with ``n = n_points`` and the generator as a keyword (the ``sample_*`` methods of
+            :mod:`pinnlsr.geometry` fit; a lambda needs the parameter name:
+            ``lambda n, generator=None: torch.rand(n, 2, generator=generator)``).
         n_points: how many points a sampler draws (ignored for fixed points).
         weight: w_t in the loss Σ_t w_t · mean |r_t|².
         targets: optional per-point data (n, p) aligned with fixed ``points`` (observations,
@@ -58,6 +67,13 @@ class Term:
                 raise ValueError(
                     f"term {self.name!r}: empty point set (n_points={self.n_points}); give a positive n_points"
                 )
+            try:
+                inspect.signature(self.points).bind(self.n_points, generator=generator)
+            except TypeError:
+                raise TypeError(f"term {self.name!r}: samplers are called as sampler(n, generator=g); give yours a "
+                                "parameter named generator, e.g. lambda n, generator=None: ...") from None
+            except ValueError:  # no signature to check (a builtin)
+                pass
             pts = self.points(self.n_points, generator=generator)
         else:
             raise TypeError(f"term {self.name!r}: points must be a tensor (n, d) or a sampler callable")
@@ -69,6 +85,19 @@ class Term:
         if not torch.isfinite(pts).all():
             raise ValueError(f"term {self.name!r}: points contain NaN or Inf")
         return pts
+
+
+def checked_terms(problem, points: dict[str, torch.Tensor]) -> dict[str, Term]:
+    """{name: term} of ``problem``; a ValueError when two terms share a name (one would be
+    dropped) or the given points of a term contain NaN or Inf."""
+    terms = problem.terms()
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{type(problem).__name__}: term names must be unique, got {names}; rename the terms")
+    for name, pts in points.items():
+        if isinstance(pts, torch.Tensor) and not torch.isfinite(pts).all():
+            raise ValueError(f"term {name!r}: the given points contain NaN or Inf; pass finite points")
+    return {t.name: t for t in terms}
 
 
 class PDEProblem:
@@ -143,10 +172,8 @@ class PDEProblem:
         """Points of every term, drawn with ``generator``: {term name: (n_t, d)}.
 
         ``counts`` overrides the number of points of sampled terms by name."""
-        terms = self.terms()
+        terms = list(checked_terms(self, {}).values())
         names = [t.name for t in terms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{type(self).__name__}: term names must be unique, got {names}")
         unknown = set(counts or {}) - set(names)
         if unknown:
             raise ValueError(f"point counts for unknown terms {sorted(unknown)}; the terms are {names}")

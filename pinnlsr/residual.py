@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .models import ParamSpec
-from .problem import PDEProblem
+from .problem import PDEProblem, checked_terms
 
 BlockFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -178,7 +178,7 @@ def residual_rows(problem: PDEProblem, model: nn.Module, points: dict[str, torch
     Terms with targets (data terms) take them from ``targets`` ({term name: (n, p)}) or, when
     absent there, from ``Term.targets``; their residual is called as ``residual(u, x, y)``."""
     spec = spec or ParamSpec.of(model)
-    terms = {t.name: t for t in problem.terms()}
+    terms = checked_terms(problem, points)
     missing = set(terms) - set(points)
     unknown = set(points) - set(terms)
     if missing or unknown:

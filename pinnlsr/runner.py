@@ -17,16 +17,26 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
+from . import runfolder
 from .io import atomic_write_json, atomic_write_text
 from .lsr import lsr, resolve_subspace
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .problem import PDEProblem
 from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
-from .residual import residual_rows
+from .residual import check_model, residual_rows
 from .train import train_adam, train_lbfgs
+from .ilsr import last_window_options
+from .marching import check_windows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (exit code 2), without the long usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | None = None) -> argparse.ArgumentParser:
@@ -34,7 +44,7 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     d = {"adam_steps": 5000, "lbfgs_steps": 0, "lr": 1e-3, "final_lr": 1e-4, "rank": None,
          "subspace": "auto", "oversampling": 10, "power_iterations": 0, "rcond": 1e-14, "solver": "svd"}
     d.update(defaults or {})
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog or f"python -m problems.{problem.name}",
         description=f"{problem.name}: {problem.description} Pretrains a network (or loads one), "
                     "refines it by one-shot LSR and reports the error against the reference.",
@@ -43,11 +53,12 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, points and sketches")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="precision of training and refinement")
-    p.add_argument("--out", type=Path, default=None, help="output folder for metrics.json, figures, checkpoint")
+    runfolder.add_options(p, resume=True, help_out="output folder for metrics.json, figures, checkpoints")
     p.add_argument("--adam-steps", type=int, default=d["adam_steps"], help="Adam pretraining steps")
     p.add_argument("--lr", type=float, default=d["lr"], help="initial Adam learning rate")
     p.add_argument("--final-lr", type=float, default=d["final_lr"], help="Adam learning rate at the last step (exponential decay)")
-    p.add_argument("--lbfgs-steps", type=int, default=d["lbfgs_steps"], help="L-BFGS iterations after Adam (0: none)")
+    p.add_argument("--lbfgs-steps", type=int, default=d["lbfgs_steps"],
+                   help="L-BFGS iterations after Adam, each up to 20 loss evaluations (0: none)")
     p.add_argument("--points", nargs="*", default=[], metavar="TERM=N",
                    help="collocation points per term, e.g. pde=2000 bc=400 (terms: "
                         + ", ".join(f"{t.name}={t.n_points}" for t in problem.terms() if t.n_points) + ")")
@@ -62,13 +73,15 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="refine the network in this state_dict file instead of pretraining one")
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                   help="architecture of --checkpoint: 'package.module:function' or 'file.py:function' returning the nn.Module (default: the problem's MLP)")
+                   help="the network: 'package.module:function' or 'file.py:function', called without arguments, "
+                        "returning the nn.Module (default: the problem's MLP)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--gn-iters", type=int, default=d.get("gn_iters", 0),
                    help="tangent Gauss–Newton iterations after LSR, a 'gauss_newton' stage (0: none)")
     p.add_argument("--ilsr-outer", type=int, default=d.get("ilsr_outer", 0),
-                   help="Iterative LSR outer iterations, an 'ilsr' stage (0: none); resumes from OUT/ilsr.pt")
+                   help="Iterative LSR outer iterations, an 'ilsr' stage (0: none); checkpointed to OUT/ilsr.pt "
+                        "(see --resume)")
     p.add_argument("--align-iterations", type=int, default=d.get("align_iterations", 200),
                    help="L-BFGS iterations aligning the network to the predictor in each ILSR iteration")
     p.add_argument("--dtau", type=float, default=d.get("dtau", 1e-3),
@@ -81,7 +94,7 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
                    help="start each ILSR alignment from θ0 + s·Vz (s in 1, 1/2, 1/4, 0: lowest alignment loss)")
     p.add_argument("--time-windows", type=float, nargs="+", default=d.get("time_windows"), metavar="T",
                    help="march the ILSR stage over windows [t0, T] (increasing, the last = t1), --ilsr-outer "
-                        "iterations each; resumes from OUT/ilsr_window*.pt (time-dependent problems)")
+                        "iterations each; checkpointed to OUT/ilsr_window*.pt (time-dependent problems)")
     p.add_argument("--last-window-rank", type=int, default=d.get("last_window_rank"),
                    help="rank of the last time window's ILSR (default: --rank)")
     p.add_argument("--last-window-outer", type=int, default=d.get("last_window_outer"),
@@ -91,14 +104,118 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     return p
 
 
-def parse_counts(items: list[str]) -> dict[str, int]:
+def parse_counts(items: list[str], option: str = "--points") -> dict[str, int]:
+    """{term: n} from ["TERM=N", ...]; a ValueError names a malformed or repeated item."""
     counts = {}
     for item in items:
         name, _, value = item.partition("=")
-        if not value or not value.strip().isdigit() or int(value) <= 0:
-            raise SystemExit(f"error: --points expects TERM=N with N a positive integer, got {item!r}")
+        if not name or not value.strip().isdigit() or int(value) <= 0:
+            raise ValueError(f"{option} expects TERM=N with N a positive integer, got {item!r}")
+        if name in counts:
+            raise ValueError(f"{option} names term {name!r} twice; give each term once")
         counts[name] = int(value)
     return counts
+
+
+#: options that must be >= 0, > 0 (and finite), or >= 1 when given (of the runner and the
+#: problems with their own pipeline)
+NON_NEGATIVE = ("adam_steps", "lbfgs_steps", "oversampling", "power_iterations", "gn_iters", "ilsr_outer",
+                "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
+POSITIVE = ("lr", "final_lr", "dtau", "memory_budget_gb")
+AT_LEAST_ONE = ("rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Ranges of the numeric options in ``args`` (those it has): a ValueError names the option
+    and what it accepts."""
+    flag = lambda name: "--" + name.replace("_", "-")
+    for name in NON_NEGATIVE:
+        v = getattr(args, name, None)
+        if v is not None and not (0 <= v < math.inf):
+            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {v}")
+    for name in POSITIVE:
+        v = getattr(args, name, None)
+        if v is not None and not (0 < v < math.inf):
+            raise ValueError(f"{flag(name)} must be a finite number > 0, got {v}")
+    for name in AT_LEAST_ONE:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ValueError(f"{flag(name)} must be >= 1, got {v}")
+    if getattr(args, "resume", False) and not args.ilsr_outer:
+        raise ValueError("--resume continues a checkpointed ILSR stage: give --ilsr-outer N as in the interrupted run")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name``; a ValueError when it is malformed or not available here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices; use cuda:0")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: pinnlsr runs on cpu or cuda")
+    return device
+
+
+def build_model(problem: PDEProblem, args, generator: torch.Generator, dtype: torch.dtype,
+                device: torch.device) -> torch.nn.Module:
+    """The network of a run: ``--model``'s factory (called without arguments) or the problem's
+    default model, in ``dtype`` on ``device``."""
+    if not args.model:
+        return problem.default_model(generator, dtype, device)
+    factory = ckpt.resolve_factory(args.model)
+    try:
+        model = factory()
+    except TypeError as exc:
+        raise ValueError(f"--model {args.model}: calling the factory without arguments failed ({exc}); the "
+                         "factory takes no arguments and returns the nn.Module") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model {args.model} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model.to(dtype=dtype, device=device)
+
+
+def check_resume(problem: PDEProblem, args) -> None:
+    """With --resume: the run in --out must have been made with the same settings (config.json)
+    and its checkpoints must be readable, checked before any computing."""
+    from .ilsr import read_checkpoint
+
+    files = runfolder.existing_run(args.out)[1]
+    for path in files:
+        read_checkpoint(path)
+    config = args.out / "config.json"
+    if not config.is_file():
+        return
+    import json
+
+    try:
+        old = json.loads(config.read_text())
+    except ValueError:
+        raise ValueError(f"--resume: {str(config)!r} is not valid JSON; start over with --overwrite") from None
+    new = run_config(problem, args)
+    diff = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE and old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(f"--resume: the run in --out {str(args.out)!r} had other settings ({'; '.join(diff[:6])}); "
+                         "resume with the same options, or start over with --overwrite")
+
+
+#: config.json entries a resumed run may change (they do not change the history so far)
+RESUMABLE = ("out", "quiet", "no_plot", "resume", "overwrite", "ilsr_outer", "memory_budget_gb", "threads")
+
+
+def run_config(problem: PDEProblem, args) -> dict:
+    """config.json: the options of the run, the problem, its inputs and outputs, library version
+    and thread count."""
+    from . import __version__
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["problem"] = problem.name
+    config["input_names"], config["output_names"] = list(problem.input_names), list(problem.output_names)
+    config["pinnlsr"], config["threads"] = __version__, torch.get_num_threads()
+    return config
 
 
 def _stage(name: str, seconds: float, errors: dict, residual: float, **extra) -> dict:
@@ -124,33 +241,50 @@ def print_table(stages: list[dict], file=None) -> None:
               f"{s['seconds']:>10.2f}", file=file)
 
 
-def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
-    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
-    dtype = DTYPES[args.dtype]
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but CUDA is not available; use --device cpu")
-    progress = False if args.quiet else None
-    generator = torch.Generator().manual_seed(args.seed)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise SystemExit(f"error: --out {args.out} exists and is not a folder")
-    if args.model:
-        model = ckpt.resolve_factory(args.model)().to(dtype=dtype, device=device)
-    else:
-        model = problem.default_model(generator, dtype, device)
+def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype: torch.dtype,
+                   device: torch.device):
+    """Check the inputs of a run before any computing (output folder, model, points, reference
+    data, time windows, subspace, checkpoints; options and device are checked by the caller);
+    returns the model (with ``--checkpoint`` loaded), the points and (checkpoint notes, load seconds)."""
+    runfolder.check(args.out, args.overwrite, args.resume)
+    model = build_model(problem, args, generator, dtype, device)
     points = problem.sample_points(generator, dtype, device, parse_counts(args.points))
-    try:  # fail before training, not after it
+    check_model(problem, model, next(iter(points.values()))[:2])
+    reference_on(problem, dtype, device)  # a missing or malformed reference file fails here, not after training
+    if args.time_windows:
+        check_windows(problem, args.time_windows)
+    last_window_options(args)
+    try:
         resolve_subspace(ParamSpec.of(model).numel, args.rank, args.subspace)
     except ValueError as e:
         raise ValueError(f"{e} (on the command line: --rank R or --subspace full)") from None
+    load = ([], 0.0)
+    if args.checkpoint is not None:
+        t = time.perf_counter()
+        load = (ckpt.load_into(model, args.checkpoint), time.perf_counter() - t)
+    if args.resume:
+        check_resume(problem, args)
+    return model, points, load
+
+
+def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
+    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
+    dtype = DTYPES[args.dtype]
+    progress = False if args.quiet else None
+    generator = torch.Generator().manual_seed(args.seed)
+    check_options(args)
+    device = resolve_device(args.device)
+    model, points, load = checked_inputs(problem, args, generator, dtype, device)
+    if args.out is not None:
+        runfolder.clear(args.out, keep_checkpoints=args.resume)
+        atomic_write_json(args.out / "config.json", run_config(problem, args))
     stages: list[dict] = []
     histories: list[dict] = []  # rows of history.csv
     if args.checkpoint is not None:
-        t = time.perf_counter()
-        notes = ckpt.load_into(model, args.checkpoint)
+        notes, t_load = load
         for note in notes:
             print(f"checkpoint: {note}", file=sys.stderr)
-        stages.append(_stage("checkpoint", time.perf_counter() - t, model_errors(problem, model, dtype, device),
+        stages.append(_stage("checkpoint", t_load, model_errors(problem, model, dtype, device),
                              _residual_norm(problem, model, points), path=str(args.checkpoint)))
     elif args.adam_steps > 0:
         t = time.perf_counter()
@@ -175,6 +309,9 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
                  solver=args.solver, rcond=args.rcond, tikhonov=args.tikhonov, seed=args.seed,
                  dtype=dtype, device=device, memory_budget=budget)
     d = result.diagnostics
+    if d["rank_used"] == ParamSpec.of(model).numel:
+        print(f"warning: LSR used all {d['rank_used']} parameter directions (rank_used == n_params): the network "
+              "is probably too small for the problem; a larger one (--model) can reach a lower error", file=sys.stderr)
     errors_after = {k[:-6]: v for k, v in d.items() if k.endswith("_after") and k.startswith(("rel_l2", "max_abs"))}
     stages.append(_stage("lsr", d["seconds"]["total"], errors_after, d["residual_after"], rank=d["rank"],
                          rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
@@ -187,7 +324,8 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
         stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget, refined))
     metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
                "n_params": ParamSpec.of(model).numel,
-               "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "stages": stages}
+               "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "threads": torch.get_num_threads(),
+               "stages": stages}
     print_table(stages)
     if args.out is not None:
         histories.extend(history_rows("lsr", {"iteration": [0], "seconds": [d["seconds"]["total"]],
@@ -206,9 +344,7 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
     Gauss–Newton and ILSR predictors; the figure shows the last one)."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["problem"] = problem.name
-    config["input_names"], config["output_names"] = list(problem.input_names), list(problem.output_names)
+    config = run_config(problem, args)
     atomic_write_json(out / "config.json", config)
     ckpt.save_state_dict(model, out / "model.pt")
     write_history_csv(out / "history.csv", histories or [])
@@ -231,16 +367,20 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
 
 
 #: errors that mean bad input (a file, an option, a model that does not fit): exit code 2
-INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TypeError)
+INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
-    """Call ``run_fn(*args)``; bad input becomes a one-line message on stderr and exit code 2."""
+    """Call ``run_fn(*args)``: bad input becomes one line on stderr and exit code 2, Ctrl-C the
+    line "interrupted" and exit code 130; any other exception (a bug) keeps its traceback."""
     try:
         return 0, run_fn(*args)
     except INPUT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2, None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130, None
 
 
 def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,

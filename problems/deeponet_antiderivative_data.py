@@ -34,7 +34,8 @@ from pinnlsr.models import ParamSpec
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_error_per_instance
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan
-from pinnlsr.runner import DTYPES, run_guarded
+from pinnlsr import runfolder
+from pinnlsr.runner import DTYPES, Parser, check_options, resolve_device, run_guarded
 
 N_SENSORS = 100
 
@@ -158,13 +159,13 @@ def _stats(errors: torch.Tensor) -> dict:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m problems.deeponet_antiderivative_data",
-                                description=DeepONetAntiderivativeData.description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog or "python -m problems.deeponet_antiderivative_data",
+               description=DeepONetAntiderivativeData.description,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and sketch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
-    p.add_argument("--out", type=Path, default=None, help="folder for metrics.json, model.pt, figures")
+    runfolder.add_options(p, help_out="folder for metrics.json, model.pt, figures")
     p.add_argument("--validation-functions", type=int, default=30,
                    help="training functions held out to choose the rank (0: choose by training residual)")
     p.add_argument("--branch-widths", type=int, nargs="*", default=[],
@@ -186,7 +187,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    check_options(args)
+    dtype, device = DTYPES[args.dtype], resolve_device(args.device)
+    runfolder.check(args.out, args.overwrite)
+    runfolder.clear(args.out, keep_checkpoints=False)
     problem = DeepONetAntiderivativeData(args.validation_functions, args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     net = make_deeponet(args.branch_widths, args.trunk_widths, args.latent, gen, dtype, device)

@@ -24,7 +24,9 @@ from pinnlsr.models import MLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
-from pinnlsr.runner import DTYPES, _residual_norm, _stage, print_table, run_guarded
+from pinnlsr import runfolder
+from pinnlsr.runner import (DTYPES, Parser, _residual_norm, _stage, check_options, print_table, resolve_device,
+                            run_guarded)
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -73,13 +75,13 @@ class Fit2D(PDEProblem):
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m problems.fit2d", description=Fit2D.description
-                                + " Adam, then LSR with the rank chosen on the validation split.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog or "python -m problems.fit2d", description=Fit2D.description
+               + " Adam, then LSR with the rank chosen on the validation split.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sketches")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
-    p.add_argument("--out", type=Path, default=None, help="folder for metrics.json, model.pt, rank_scan.png")
+    runfolder.add_options(p, help_out="folder for metrics.json, model.pt, rank_scan.png")
     p.add_argument("--samples", type=int, default=10000, help="random samples (train + validation)")
     p.add_argument("--validation-fraction", type=float, default=0.2)
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian label noise")
@@ -99,7 +101,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    check_options(args)
+    dtype, device = DTYPES[args.dtype], resolve_device(args.device)
+    runfolder.check(args.out, args.overwrite)
+    runfolder.clear(args.out, keep_checkpoints=False)
     problem = Fit2D(args.samples, args.validation_fraction, args.noise, args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = MLP(2, 1, tuple(args.widths), "tanh", generator=gen, dtype=dtype, device=device)

@@ -40,7 +40,8 @@ from pinnlsr.solvers import solve
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
-from pinnlsr.runner import DTYPES, _residual_norm, _stage, run_guarded
+from pinnlsr import runfolder
+from pinnlsr.runner import DTYPES, _residual_norm, _stage, Parser, run_guarded
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -180,14 +181,14 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m problems.heat_inverse",
-                                description=HeatInverse.description + " Adam, then LSR with the rank chosen on "
-                                "held-out observations, per noise level.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog or "python -m problems.heat_inverse",
+               description=HeatInverse.description + " Adam, then LSR with the rank chosen on "
+               "held-out observations, per noise level.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of noise, split, initialisation and points")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
-    p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and rank-scan figures")
+    runfolder.add_options(p, help_out="folder for metrics.json and rank-scan figures")
     p.add_argument("--noise", type=float, nargs="+", default=list(NOISE_LEVELS), help="noise standard deviations")
     p.add_argument("--points-file", type=Path, default=None, help=f"observation points (default: shared {POINTS_FILE})")
     p.add_argument("--n-pde", type=int, default=500)
@@ -264,8 +265,8 @@ def print_summary(rows: list[dict], file=None) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+    runfolder.check(args.out, args.overwrite)
+    runfolder.clear(args.out, keep_checkpoints=False)
     stages, summary = [], []
     for noise in args.noise:
         s, row = run_noise(args, noise)

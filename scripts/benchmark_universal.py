@@ -72,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=sorted(QUICK), default=sorted(QUICK))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.table_only:
         for name in args.only:
-            code = run_problem(name, args.out, QUICK[name] if args.quick else [])
+            extra = (QUICK[name] if args.quick else []) + (["--overwrite"] if args.overwrite else [])
+            code = run_problem(name, args.out, extra)
             if code != 0:
                 print(f"error: {name} failed with exit code {code}", file=sys.stderr)
                 return code
