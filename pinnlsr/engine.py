@@ -98,7 +98,7 @@ class StructuredJacobian:
 
         coef, vals = vmap(jacrev(with_value, has_aux=True))(full, pts, data)  # (c, q, K, C_full, k), (c, q)
         q = coef.shape[1]
-        cot = coef[:, :, :, idx].permute(1, 3, 4, 0, 2).reshape(q, ch.size, k, c * n_k)
+        cot = coef[:, :, :, idx].permute(1, 4, 3, 0, 2).reshape(q, k, ch.size, c * n_k)
         rows = net.point_rows(theta, state, cot, ch, n_k, self.rows.m)  # (q, c, m)
         rows = rows.transpose(0, 1).reshape(c * q, -1).mul_(block.scale)
         return rows, block.scale * vals.reshape(-1)

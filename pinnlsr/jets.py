@@ -20,6 +20,7 @@ a model that is not a plain MLP) are evaluated by the generic ``vmap`` path with
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +30,7 @@ from torch import nn
 from torch.func import grad_and_value, jacfwd, jacrev, jvp, vmap
 
 from .models import MLP, LinearizedModel, ParamSpec, ShiftedNetwork, Sine
-from .residual import Block, Rows
+from .residual import Block, Rows, point_function
 
 #: points per jet pass: bounds the memory of the jets (points · channels · width numbers per layer)
 JET_CHUNK_POINTS = 8192
@@ -273,33 +274,35 @@ class JetNetwork:
         return s, c, -s, (-c if third else None)
 
     def input_jets(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
-        """Jets (C, in, c) of the first layer's input at points x (c, d): channel, feature, point."""
+        """Jets (in, C, c) of the first layer's input at points x (c, d): feature, channel, point."""
         c, d = x.shape
         if self.feature_map is None:
             xs = x if self.shift is None else (x - self.shift) * self.scale
-            out = x.new_zeros(ch.size, d, c)
-            out[0] = xs.T
+            out = x.new_zeros(d, ch.size, c)
+            out[:, 0] = xs.T
             for i, j in enumerate(ch.first):
-                out[1 + i, j] = 1.0 if self.scale is None else self.scale[j]
+                out[j, 1 + i] = 1.0 if self.scale is None else self.scale[j]
             return out
         phi = self.feature_map
-        parts = [vmap(phi)(x).T.unsqueeze(0)]
+        parts = [vmap(phi)(x).T.unsqueeze(1)]
         if ch.first:
             jac = vmap(jacfwd(phi))(x)  # (c, in, d)
-            parts.append(jac[:, :, list(ch.first)].permute(2, 1, 0))
+            parts.append(jac[:, :, list(ch.first)].permute(1, 2, 0))
         if ch.pairs:
             hess = vmap(jacfwd(jacfwd(phi)))(x)  # (c, in, d, d)
-            parts.append(torch.stack([hess[:, :, j, k].T for j, k in ch.pairs]))
-        return torch.cat(parts)
+            parts.append(torch.stack([hess[:, :, j, k].T for j, k in ch.pairs], 1))
+        return torch.cat(parts, 1)
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor, ch: Channels, keep: bool = False,
                 inputs: torch.Tensor | None = None):
-        """Output jets (C, k, c) at points x (c, d) (channel, output, point); with ``keep`` also
+        """Output jets (k, C, c) at points x (c, d) (output, channel, point); with ``keep`` also
         the state that :meth:`backward` needs (each layer's input jets, each hidden
         pre-activation and the activation's derivatives there). Differentiable (forward and
-        reverse mode) in θ. ``inputs``: :meth:`input_jets` of x, when already computed."""
+        reverse mode) in θ. ``inputs``: :meth:`input_jets` of x, when already computed.
+
+        Layout: feature-major, so every layer is one GEMM W·A over all channels and points."""
         a = self.input_jets(x, ch) if inputs is None else inputs
-        nf, inputs, acts = len(ch.first), [], []
+        nf, n_ch, inputs, acts = len(ch.first), ch.size, [], []
         idx = None
         if ch.pairs:
             pos = {j: i for i, j in enumerate(ch.first)}
@@ -307,76 +310,80 @@ class JetNetwork:
                    torch.tensor([pos[k] for _, k in ch.pairs], device=x.device))
         last = len(self.layers) - 1
         for li, (ws, bs, out_f, in_f) in enumerate(self.layers):
-            h = torch.matmul(theta[ws].view(out_f, in_f), a)  # (C, out, c)
-            bias = theta[bs].unsqueeze(1)
-            h = torch.cat([h[:1] + bias, h[1:]]) if ch.size > 1 else h + bias
+            c = a.shape[-1]
+            h = torch.mm(theta[ws].view(out_f, in_f), a.reshape(in_f, -1)).view(out_f, n_ch, c)
+            h[:, 0] += theta[bs].unsqueeze(1)
             if keep:
                 inputs.append(a)
             if li == last:
                 return (h, (inputs, acts, idx)) if keep else h
-            t, s1, s2, s3 = self._act(h[0], third=keep and bool(ch.pairs))
-            parts = [t.unsqueeze(0)]
+            t, s1, s2, s3 = self._act(h[:, 0], third=keep and bool(ch.pairs))
+            s1u = s1.unsqueeze(1)
+            parts = [t.unsqueeze(1)]
             if nf:
-                h1 = h[1:1 + nf]
-                parts.append(h1 * s1)
+                h1 = h[:, 1:1 + nf]
+                parts.append(h1 * s1u)
             if ch.pairs:
-                parts.append(h[1 + nf:] * s1 + h1.index_select(0, idx[0]) * h1.index_select(0, idx[1]) * s2)
+                parts.append(h[:, 1 + nf:] * s1u + h1.index_select(1, idx[0]) * h1.index_select(1, idx[1]) * s2.unsqueeze(1))
             if keep:
                 acts.append((h, s1, s2, s3))
-            a = torch.cat(parts) if len(parts) > 1 else parts[0]
+            a = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         raise AssertionError("unreachable")
 
     def layer_cotangents(self, theta: torch.Tensor, state, cot: torch.Tensor, ch: Channels) -> list[torch.Tensor]:
-        """The cotangents (..., C, out_l, c) of every layer's pre-activation jets for a cotangent
-        ``cot`` (..., C, k, c) of the output jets (leading dimensions: several at once), given the
+        """The cotangents (..., out_l, C, c) of every layer's pre-activation jets for a cotangent
+        ``cot`` (..., k, C, c) of the output jets (leading dimensions: several at once), given the
         ``state`` of :meth:`forward` with ``keep=True``. Written out, no autograd."""
         _, acts, idx = state
-        nf = len(ch.first)
+        nf, n_ch = len(ch.first), ch.size
         g = cot
         grads = [g]
         for li in range(len(self.layers) - 1, 0, -1):
             ws, _, out_f, in_f = self.layers[li]
-            abar = torch.matmul(theta[ws].view(out_f, in_f).T, g)  # cotangent of the activation jets
+            lead, c = g.shape[:-3], g.shape[-1]
+            abar = torch.matmul(theta[ws].view(out_f, in_f).T, g.reshape(*lead, out_f, n_ch * c))
+            abar = abar.view(*lead, in_f, n_ch, c)  # cotangent of the activation jets
             h, s1, s2, s3 = acts[li - 1]
+            s1u, s2u = s1.unsqueeze(1), s2.unsqueeze(1)
             g = torch.empty_like(abar)
-            g0 = torch.mul(abar[..., 0, :, :], s1, out=g[..., 0, :, :])
+            g0 = torch.mul(abar[..., 0, :], s1, out=g[..., 0, :])
             if nf:
-                h1, a1 = h[1:1 + nf], abar[..., 1:1 + nf, :, :]
-                g0.addcmul_((a1 * h1).sum(-3), s2)
-                g1 = torch.mul(a1, s1, out=g[..., 1:1 + nf, :, :])
+                h1, a1 = h[:, 1:1 + nf], abar[..., 1:1 + nf, :]
+                g0.addcmul_((a1 * h1).sum(-2), s2)
+                g1 = torch.mul(a1, s1u, out=g[..., 1:1 + nf, :])
                 if ch.pairs:
                     jj, kk = idx
-                    h2, a2 = h[1 + nf:], abar[..., 1 + nf:, :, :]
-                    hj, hk = h1.index_select(0, jj), h1.index_select(0, kk)
-                    g0.addcmul_((a2 * (hj * hk)).sum(-3), s3).addcmul_((a2 * h2).sum(-3), s2)
-                    t2 = a2 * s2
-                    g1.index_add_(g1.dim() - 3, jj, t2 * hk).index_add_(g1.dim() - 3, kk, t2 * hj)
-                    torch.mul(a2, s1, out=g[..., 1 + nf:, :, :])
+                    h2, a2 = h[:, 1 + nf:], abar[..., 1 + nf:, :]
+                    hj, hk = h1.index_select(1, jj), h1.index_select(1, kk)
+                    g0.addcmul_((a2 * (hj * hk)).sum(-2), s3).addcmul_((a2 * h2).sum(-2), s2)
+                    t2 = a2 * s2u
+                    g1.index_add_(g1.dim() - 2, jj, t2 * hk).index_add_(g1.dim() - 2, kk, t2 * hj)
+                    torch.mul(a2, s1u, out=g[..., 1 + nf:, :])
             grads.append(g)
         return grads[::-1]
 
     def backward(self, theta: torch.Tensor, state, cot: torch.Tensor, ch: Channels,
                  grad: torch.Tensor) -> None:
-        """Add to ``grad`` (m,) the gradient in θ of Σ cot · (output jets), for cot (C, k, c) and
-        the ``state`` of :meth:`forward` with ``keep=True``: each layer's weight gradient is a
-        batched GEMM over channels, contracting over points."""
+        """Add to ``grad`` (m,) the gradient in θ of Σ cot · (output jets), for cot (k, C, c) and
+        the ``state`` of :meth:`forward` with ``keep=True``: each layer's weight gradient is one
+        GEMM contracting over channels and points."""
         inputs = state[0]
         for (ws, bs, out_f, in_f), g, a in zip(self.layers, self.layer_cotangents(theta, state, cot, ch), inputs):
-            grad[ws] += torch.bmm(g, a.transpose(1, 2)).sum(0).reshape(-1)
-            grad[bs] += g[0].sum(1)
+            grad[ws].view(out_f, in_f).addmm_(g.reshape(out_f, -1), a.reshape(in_f, -1).T)
+            grad[bs] += g[:, 0].sum(-1)
 
     def point_rows(self, theta: torch.Tensor, state, cot: torch.Tensor, ch: Channels, n_anchors: int,
                    m: int) -> torch.Tensor:
         """Per-point gradients (q, c, m) of Σ_{channels, anchors} cot · (output jets) for q
-        cotangents cot (q, C, k, c·K) (K = ``n_anchors`` anchors per point, anchor-minor): the
+        cotangents cot (q, k, C, c·K) (K = ``n_anchors`` anchors per point, anchor-minor): the
         Jacobian rows of a residual whose coefficients ∂r/∂jet are ``cot``."""
         q, n_pts = cot.shape[0], cot.shape[-1] // n_anchors
         rows = theta.new_empty(q, n_pts, m)
         for (ws, bs, out_f, in_f), g, a in zip(self.layers, self.layer_cotangents(theta, state, cot, ch), state[0]):
-            g5 = g.reshape(q, ch.size, out_f, n_pts, n_anchors)
-            a4 = a.reshape(ch.size, in_f, n_pts, n_anchors)
-            rows[:, :, ws] = torch.einsum("qcopk,cipk->qpoi", g5, a4).reshape(q, n_pts, -1)
-            rows[:, :, bs] = g5[:, 0].sum(-1).transpose(1, 2)
+            g5 = g.reshape(q, out_f, ch.size, n_pts, n_anchors)
+            a4 = a.reshape(in_f, ch.size, n_pts, n_anchors)
+            rows[:, :, ws] = torch.einsum("qocpk,icpk->qpoi", g5, a4).reshape(q, n_pts, -1)
+            rows[:, :, bs] = g5[:, :, 0].sum(-1).transpose(1, 2)
         return rows
 
 
@@ -463,18 +470,18 @@ class InstanceJets:
     def forward(self, theta, x, ch, keep=False, inputs=None):
         t = self.trunk.forward(theta, x, ch, keep, inputs)
         t, state = t if keep else (t, None)
-        t = t.reshape(ch.size, self.latent, self.k, -1)
+        t = t.reshape(self.latent, self.k, ch.size, -1)
         b = self.branch_features(theta)
-        out = torch.einsum("cpki,pk->cki", t, b)
-        out = torch.cat([out[:1] + theta[self.bias_slice].unsqueeze(1), out[1:]])
+        out = torch.einsum("pkci,pk->kci", t, b)
+        out = torch.cat([out[:, :1] + theta[self.bias_slice].view(-1, 1, 1), out[:, 1:]], 1)
         return (out, (state, t, b)) if keep else out
 
     def backward(self, theta, state, cot, ch, grad):
         trunk_state, t, b = state
-        cot_t = (cot.unsqueeze(1) * b.unsqueeze(-1)).reshape(ch.size, self.latent * self.k, -1)
+        cot_t = (cot.unsqueeze(0) * b[:, :, None, None]).reshape(self.latent * self.k, ch.size, -1)
         self.trunk.backward(theta, trunk_state, cot_t, ch, grad)
-        grad[self.bias_slice] += cot[0].sum(-1)
-        gb = torch.einsum("cki,cpki->pk", cot, t)
+        grad[self.bias_slice] += cot[:, 0].sum(-1)
+        gb = torch.einsum("kci,pkci->pk", cot, t)
         with torch.enable_grad():
             th = theta[self.branch_slice].detach().requires_grad_(True)
             params = self.branch_spec.unflatten(th)
@@ -484,10 +491,10 @@ class InstanceJets:
     def point_rows(self, theta, state, cot, ch, n_anchors, m):
         trunk_state, t, b = state
         q, n_pts = cot.shape[0], cot.shape[-1] // n_anchors
-        cot_t = (cot.unsqueeze(2) * b.unsqueeze(-1)).reshape(q, ch.size, self.latent * self.k, -1)
+        cot_t = (cot.unsqueeze(1) * b[None, :, :, None, None]).reshape(q, self.latent * self.k, ch.size, -1)
         rows = self.trunk.point_rows(theta, trunk_state, cot_t, ch, n_anchors, m)
-        rows[:, :, self.bias_slice] = cot[:, 0].reshape(q, self.k, n_pts, n_anchors).sum(-1).transpose(1, 2)
-        gb = torch.einsum("qcki,cpki->qipk", cot, t).reshape(q, n_pts, n_anchors, -1).sum(2)  # (q, c, p·k)
+        rows[:, :, self.bias_slice] = cot[:, :, 0].reshape(q, self.k, n_pts, n_anchors).sum(-1).transpose(1, 2)
+        gb = torch.einsum("qkci,pkci->qipk", cot, t).reshape(q, n_pts, n_anchors, -1).sum(2)  # (q, c, p·k)
         jb = jacrev(lambda th: torch.func.functional_call(
             self.branch, self.branch_spec.unflatten(th), (self.sensors.unsqueeze(0),)).reshape(-1))(theta[self.branch_slice])
         rows[:, :, self.branch_slice] = gb @ jb
@@ -508,7 +515,7 @@ class ShiftedJets:
         return self.base.n_outputs
 
     def correction(self, x: torch.Tensor, ch: Channels, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """The tangent jets (C, k, c) of J(x)·δ."""
+        """The tangent jets (k, C, c) of J(x)·δ."""
         return jvp(lambda th: self.base.forward(th, x, ch, inputs=inputs), (self.theta0,), (self.delta,))[1]
 
     def input_jets(self, x: torch.Tensor, ch: Channels) -> torch.Tensor:
@@ -666,24 +673,43 @@ def plan_block(block: Block, net, theta: torch.Tensor, n_probe: int = 3) -> JetP
     except Exception as exc:  # the residual does not run on a polynomial
         return JetPlan("generic", reason=f"residual does not run on a Taylor polynomial ({type(exc).__name__})")
     plan = JetPlan("jet", channels, residual, with_data, offsets)
-    fail = JetPlan("generic", reason="residual needs more than the order-2 jets of u at its points")
-    theta = theta.detach()
+    block, net, theta = _check_setting(block, net, theta.detach())
+    if not _agrees_with_generic(plan, block, net, theta, pts, data):
+        return JetPlan("generic", reason="residual needs more than the order-2 jets of u at its points")
+    return plan
+
+
+def _check_setting(block: Block, net, theta: torch.Tensor):
+    """(block, jets, θ) on which a plan is checked. The correction J·V·z of the predictor and the
+    shifted network does not change which channels a residual reads, but along a basis scaled by
+    1/σ it (and the gradient in z) is computed with large cancellation on every path: their plans
+    are checked on the base network at θ0."""
+    if isinstance(net, (LinearizedJets, ShiftedJets)):
+        base = block.model.base if isinstance(net, LinearizedJets) else block.model.net
+        spec = ParamSpec.of(base) if isinstance(net, ShiftedJets) else block.model.spec
+        fn = point_function(base, spec, block.residual, block.name, block.with_data)
+        return dataclasses.replace(block, fn=fn, model=base), net.base, net.theta0
+    return block, net, theta
+
+
+def _agrees_with_generic(plan: JetPlan, block: Block, net, theta: torch.Tensor, pts: torch.Tensor,
+                         data: torch.Tensor) -> bool:
+    """Values and the gradient of the term's loss at the probe points pts (c, d) by jets equal
+    those of the generic path to rounding."""
     try:
         loss, grad, values = _jet_block_loss(net, plan, block, theta, pts, data, with_values=True)
     except Exception:
-        return fail
+        return False
     with torch.enable_grad():  # callers may run under no_grad
         th = theta.clone().requires_grad_(True)
         exact = block.scale * vmap(block.fn, in_dims=(None, 0, 0))(th, pts, data).reshape(-1)
         exact_grad, = torch.autograd.grad(exact.square().sum(), th)
-    exact = exact.detach()
+        exact = exact.detach()
     tol = 1e-9 if theta.dtype == torch.float64 else 1e-4
     v_scale = max(1.0, float(exact.abs().max()))
     g_scale = max(1e-300, float(exact_grad.abs().max()))
-    if (float((values - exact).abs().max()) > tol * v_scale
-            or float((grad - exact_grad).abs().max()) > tol * max(g_scale, 1e-12 * v_scale)):
-        return fail
-    return plan
+    return (float((values - exact).abs().max()) <= tol * v_scale
+            and float((grad - exact_grad).abs().max()) <= tol * max(g_scale, 1e-12 * v_scale))
 
 
 def block_anchors(plan: JetPlan, pts: torch.Tensor) -> torch.Tensor:
@@ -698,11 +724,11 @@ def block_jets(net, plan: JetPlan, theta: torch.Tensor, pts: torch.Tensor, keep:
     ``inputs``: the network's input jets at the anchors, when already computed."""
     ch = plan.channels
     c, d = pts.shape
-    out = net.forward(theta, block_anchors(plan, pts), ch, keep=keep, inputs=inputs)  # (C, k, c·K)
+    out = net.forward(theta, block_anchors(plan, pts), ch, keep=keep, inputs=inputs)  # (k, C, c·K)
     out, state = out if keep else (out, None)
-    k = out.shape[1]
+    k = out.shape[0]
     full = out.new_zeros(c, plan.n_anchors, Channels.full(d, 2).size, k)
-    full[:, :, ch.full_index()] = out.permute(2, 0, 1).reshape(c, plan.n_anchors, ch.size, k)
+    full[:, :, ch.full_index()] = out.permute(2, 1, 0).reshape(c, plan.n_anchors, ch.size, k)
     return full, state
 
 
@@ -723,7 +749,7 @@ def _jet_block_loss(net: JetNetwork, plan: JetPlan, block: Block, theta: torch.T
 
     gsq, (sqv, r) = vmap(grad_and_value(sq, has_aux=True))(full, pts, data)
     grad = torch.zeros_like(theta) if grad is None else grad
-    cot = (s2 * gsq[:, :, idx]).reshape(c * n_k, ch.size, k).permute(1, 2, 0).contiguous()
+    cot = (s2 * gsq[:, :, idx]).permute(3, 2, 0, 1).reshape(k, ch.size, c * n_k)
     net.backward(theta, state, cot, ch, grad)
     values = block.scale * r.reshape(-1) if with_values else None
     return s2 * sqv.sum(), grad, values
