@@ -21,9 +21,9 @@ makes the rows themselves cheap:
   R only. Singular vectors get a canonical sign, so the basis and z do not depend on how the rows
   were split (chunks, processes: see :mod:`pinnlsr.distributed`).
 
-Entry points: :func:`apply`/:func:`apply_transpose` (also reachable as
-``pinnlsr.jacobian.apply(..., mode="structured")`` and so as ``lsr(..., jacobian_mode="structured")``)
-and :func:`lsr_step`, the streamed randomized-basis LSR step used by ``scripts/bench_lsr.py``.
+Entry points: :func:`apply`/:func:`apply_transpose` (the "auto" backend of
+:class:`pinnlsr.linearize.JacobianOperator`, so of ``lsr(..., jacobian_mode="auto")``) and
+:func:`lsr_step`, the streamed randomized-basis LSR step used by ``scripts/bench_lsr.py``.
 """
 from __future__ import annotations
 

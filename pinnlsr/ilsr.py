@@ -296,6 +296,7 @@ def iterative_lsr(
 
     # Validation residual of the current network: that of the last accepted alignment.
     network_val = next(r["network_validation_residual"] for r in reversed(history) if r["accepted"])
+    backends: dict[str, dict] = {}  # the path of each term in the last Gauss–Newton and alignment
     for k in range(start_iter, outer_iterations + 1):
         if patience is not None and _since_best(history) >= patience:
             break
@@ -309,6 +310,7 @@ def iterative_lsr(
             patience=gn_patience, damping=damping, rcond=rcond, generator=generator, dtype=dtype,
             device=device, memory_budget=memory_budget, compute_errors=False)
         lin = gn.model
+        backends["gauss_newton"] = gn.diagnostics["jacobian_backends"]
         pred_val = gn.diagnostics["validation_residual_after"]
         gn_best = gn.history[gn.best_iteration]
         # Align the network to the predictor on every collocation point.
@@ -322,7 +324,8 @@ def iterative_lsr(
         if warm_start:  # with align_iterations=0: a Gauss–Newton step in θ with a backtracking choice
             start_step = _warm_start(align_problem, aligned, align_points, lin.delta.detach(), spec)
         if align_iterations > 0:
-            train_lbfgs(align_problem, aligned, align_points, align_iterations, progress=False)
+            backends["alignment"] = train_lbfgs(align_problem, aligned, align_points, align_iterations,
+                                                progress=False).backends
         net_val = validation_of(aligned)
         rec = {"iteration": k, "residual": gn_best["residual"],
                "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
@@ -359,7 +362,7 @@ def iterative_lsr(
     model_out = _best_model(net, spec, best)
     diag = {"outer_iterations": len(history) - 1, "best_iteration": best["iteration"],
             "validation_residual": best["validation_residual"],
-            "seconds": (history[-1]["seconds"] if history else 0.0)}
+            "seconds": (history[-1]["seconds"] if history else 0.0), "backends": backends}
     if compute_errors:
         diag.update(model_errors(problem, model_out, dtype, device))
     return ILSRResult(model_out, net, history, best["iteration"], diag)
@@ -404,66 +407,3 @@ def _checkpoint(path: Path, net, generator, points, history, best, next_iteratio
         "best": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in best.items()},
         "next_iteration": int(next_iteration),
     })
-
-
-def last_window_options(settings) -> dict | None:
-    """The last time window's own ILSR settings (see :func:`~pinnlsr.marching.time_marching_lsr`)
-    from ``last_window_rank``, ``last_window_outer`` and ``last_window_points`` ({term: n} or
-    ["TERM=N", ...]) of ``settings``: parsed CLI arguments or a problem's DEFAULTS. None when none
-    is set."""
-    from .runner import parse_counts
-
-    get = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key, None)
-    points = get("last_window_points") or {}
-    counts = dict(points) if isinstance(points, dict) else parse_counts(points)
-    given = {"rank": get("last_window_rank"), "outer_iterations": get("last_window_outer"), "counts": counts or None}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if overrides and not get("time_windows"):
-        raise ValueError("last_window_rank/outer/points set the last time window's ILSR: they need time_windows")
-    return overrides or None
-
-
-def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
-                     dtype: torch.dtype, device, memory_budget: int | None,
-                     predictors: dict | None = None) -> list[dict]:
-    """The 'gauss_newton' and 'ilsr' stages of a problem run (``--gn-iters``, ``--ilsr-outer``):
-    metrics.json rows with rel_l2, max_abs_err, residual (on the collocation points), seconds and
-    the per-iteration history. The best predictor of each stage goes into ``predictors`` by name."""
-    predictors = {} if predictors is None else predictors
-    stages = []
-    keep = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
-    if args.gn_iters > 0:
-        gn = tangent_gauss_newton(problem, model, points=points, rank=args.rank, subspace=args.subspace,
-                                  oversampling=args.oversampling, power_iterations=args.power_iterations,
-                                  max_iters=args.gn_iters, damping=args.gn_damping, rcond=args.rcond,
-                                  seed=args.seed, dtype=dtype,
-                                  device=device, memory_budget=memory_budget)
-        best = gn.history[gn.best_iteration]
-        predictors["gauss_newton"] = gn.model
-        stages.append({"name": "gauss_newton", "rel_l2": best.get("rel_l2"), "max_abs_err": best.get("max_abs_err"),
-                       "residual": best["residual"], "seconds": gn.diagnostics["seconds"], "rank": gn.basis.rank,
-                       "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
-                       "history": [{k: h.get(k) for k in keep} for h in gn.history]})
-    if args.ilsr_outer > 0:
-        from .marching import refine_from_points
-
-        options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
-                       oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
-                       damping=args.gn_damping, align_iterations=args.align_iterations, dtau=args.dtau,
-                       warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
-                       memory_budget=memory_budget, resume=bool(getattr(args, "resume", False)))
-        windows = getattr(args, "time_windows", None)
-        res = refine_from_points(problem, model, points, time_windows=windows, last_window=last_window_options(args),
-                                 out_dir=args.out, **options)
-        best = res.history[res.best_iteration]
-        predictors["ilsr"] = res.model
-        stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),
-                       "max_abs_err": res.diagnostics.get("max_abs_err"), "residual": best["residual"],
-                       "seconds": res.diagnostics["seconds"], "rank": best.get("rank"),
-                       "validation_residual": res.diagnostics["validation_residual"],
-                       "best_iteration": res.best_iteration,
-                       "history": [{k: h.get(k) for k in keep + ("accepted", "network_rel_l2")
-                                    + (("window",) if windows else ())} for h in res.history]})
-        if windows:
-            stages[-1]["windows"] = res.diagnostics["windows"]
-    return stages

@@ -33,7 +33,7 @@ from .models import MLP, LinearizedModel, ParamSpec, ShiftedNetwork, Sine
 from .residual import Block, Rows, point_function
 
 #: points per jet pass: bounds the memory of the jets (points · channels · width numbers per layer)
-JET_CHUNK_POINTS = 8192
+JET_CHUNK_POINTS = 1024
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,13 +71,15 @@ class MLP(nn.Module):
         sizes = [in_dim, *widths, out_dim]
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
-            linear = nn.Linear(sizes[i], sizes[i + 1], dtype=dtype, device=device)
+            # drawn on the CPU with the (CPU) generator, then moved: the same seed gives the same
+            # weights on every device
+            linear = nn.Linear(sizes[i], sizes[i + 1], dtype=dtype)
             nn.init.xavier_normal_(linear.weight, generator=generator)
             nn.init.zeros_(linear.bias)
             if i == 0 and first_layer_scale != 1.0:
                 with torch.no_grad():
                     linear.weight.mul_(first_layer_scale)
-            layers.append(linear)
+            layers.append(linear.to(device))
             if i < len(sizes) - 2:
                 layers.append(make_activation())
         self.net = nn.Sequential(*layers)

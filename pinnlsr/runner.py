@@ -15,19 +15,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from . import checkpoint as ckpt
 from . import runfolder
+from .gauss_newton import tangent_gauss_newton
 from .io import atomic_write_json, atomic_write_text
+from .jets import residual_norm
 from .lsr import lsr, resolve_subspace
+from .marching import check_windows, refine_from_points
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .problem import PDEProblem
 from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
 from .residual import check_model, residual_rows
 from .train import train_adam, train_lbfgs
-from .ilsr import last_window_options
-from .marching import check_windows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -227,8 +229,11 @@ def _stage(name: str, seconds: float, errors: dict, residual: float, **extra) ->
 
 
 def _residual_norm(problem: PDEProblem, model, points) -> float:
-    rows = residual_rows(problem, model, points)
-    return float(rows.values(ParamSpec.of(model).flatten(model)).norm())
+    """||f|| of the network (by jets where they apply); NaN/Inf raise the error that names the term."""
+    norm = residual_norm(problem, model, points)
+    if not math.isfinite(norm):
+        residual_rows(problem, model, points).values(ParamSpec.of(model).flatten(model))
+    return norm
 
 
 def print_table(stages: list[dict], file=None) -> None:
@@ -292,7 +297,7 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
         histories.extend(history_rows("adam", hist))
         stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
                              _residual_norm(problem, model, points), steps=args.adam_steps,
-                             diverged=hist.diverged))
+                             diverged=hist.diverged, backends=hist.backends))
     else:
         stages.append(_stage("init", 0.0, model_errors(problem, model, dtype, device),
                              _residual_norm(problem, model, points)))
@@ -302,7 +307,7 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
         histories.extend(history_rows("lbfgs", hist))
         stages.append(_stage("lbfgs", time.perf_counter() - t, model_errors(problem, model, dtype, device),
                              _residual_norm(problem, model, points), steps=args.lbfgs_steps,
-                             diverged=hist.diverged))
+                             diverged=hist.diverged, backends=hist.backends))
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
     result = lsr(problem, model, points=points, rank=args.rank, subspace=args.subspace,
                  oversampling=args.oversampling, power_iterations=args.power_iterations,
@@ -316,11 +321,9 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     stages.append(_stage("lsr", d["seconds"]["total"], errors_after, d["residual_after"], rank=d["rank"],
                          rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
                          linearized_residual=d["linearized_residual"], seconds_by_phase=d["seconds"],
-                         peak_memory_gb=d["peak_memory_gb"]))
+                         peak_memory_gb=d["peak_memory_gb"], backends=d["jacobian_backends"]))
     refined: dict = {}  # stage name -> refined predictor, for predictions.npz and the figure
     if args.gn_iters > 0 or args.ilsr_outer > 0:
-        from .ilsr import nonlinear_stages
-
         stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget, refined))
     metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
                "n_params": ParamSpec.of(model).numel,
@@ -332,6 +335,68 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
                                                "residual": [d["residual_after"]], "rel_l2": [d.get("rel_l2_after")]}))
         write_outputs(problem, args, model, result, metrics, histories, extra_predictors=refined)
     return metrics
+
+
+def last_window_options(settings) -> dict | None:
+    """The last time window's own ILSR settings (see :func:`~pinnlsr.marching.time_marching_lsr`)
+    from ``last_window_rank``, ``last_window_outer`` and ``last_window_points`` ({term: n} or
+    ["TERM=N", ...]) of ``settings``: parsed CLI arguments or a problem's DEFAULTS. None when none
+    is set."""
+    get = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key, None)
+    points = get("last_window_points") or {}
+    counts = dict(points) if isinstance(points, dict) else parse_counts(points)
+    given = {"rank": get("last_window_rank"), "outer_iterations": get("last_window_outer"), "counts": counts or None}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides and not get("time_windows"):
+        raise ValueError("last_window_rank/outer/points set the last time window's ILSR: they need time_windows")
+    return overrides or None
+
+
+def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
+                     dtype: torch.dtype, device, memory_budget: int | None,
+                     predictors: dict | None = None) -> list[dict]:
+    """The 'gauss_newton' and 'ilsr' stages of a problem run (``--gn-iters``, ``--ilsr-outer``):
+    metrics.json rows with rel_l2, max_abs_err, residual (on the collocation points), seconds and
+    the per-iteration history. The best predictor of each stage goes into ``predictors`` by name."""
+    predictors = {} if predictors is None else predictors
+    stages = []
+    keep = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
+    if args.gn_iters > 0:
+        gn = tangent_gauss_newton(problem, model, points=points, rank=args.rank, subspace=args.subspace,
+                                  oversampling=args.oversampling, power_iterations=args.power_iterations,
+                                  max_iters=args.gn_iters, damping=args.gn_damping, rcond=args.rcond,
+                                  seed=args.seed, dtype=dtype,
+                                  device=device, memory_budget=memory_budget)
+        best = gn.history[gn.best_iteration]
+        predictors["gauss_newton"] = gn.model
+        stages.append({"name": "gauss_newton", "rel_l2": best.get("rel_l2"), "max_abs_err": best.get("max_abs_err"),
+                       "residual": best["residual"], "seconds": gn.diagnostics["seconds"], "rank": gn.basis.rank,
+                       "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
+                       "backends": gn.diagnostics["jacobian_backends"],
+                       "history": [{k: h.get(k) for k in keep} for h in gn.history]})
+    if args.ilsr_outer > 0:
+        options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
+                       oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
+                       damping=args.gn_damping, align_iterations=args.align_iterations, dtau=args.dtau,
+                       warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
+                       memory_budget=memory_budget, resume=bool(getattr(args, "resume", False)))
+        windows = getattr(args, "time_windows", None)
+        res = refine_from_points(problem, model, points, time_windows=windows, last_window=last_window_options(args),
+                                 out_dir=args.out, **options)
+        best = res.history[res.best_iteration]
+        predictors["ilsr"] = res.model
+        stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),
+                       "max_abs_err": res.diagnostics.get("max_abs_err"), "residual": best["residual"],
+                       "seconds": res.diagnostics["seconds"], "rank": best.get("rank"),
+                       "validation_residual": res.diagnostics["validation_residual"],
+                       "best_iteration": res.best_iteration,
+                       "backends": res.diagnostics["backends"].get("gauss_newton", {}),
+                       "alignment_backends": res.diagnostics["backends"].get("alignment", {}),
+                       "history": [{k: h.get(k) for k in keep + ("accepted", "network_rel_l2")
+                                    + (("window",) if windows else ())} for h in res.history]})
+        if windows:
+            stages[-1]["windows"] = res.diagnostics["windows"]
+    return stages
 
 
 def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histories: list[dict] | None = None,

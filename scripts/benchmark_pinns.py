@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from pinnlsr.compare import FULL, QUICK, compare_methods, plot, table
-from pinnlsr.ilsr import last_window_options
+from pinnlsr.runner import last_window_options
 from pinnlsr.io import atomic_write_json, atomic_write_text
 from pinnlsr.report import write_predictions
 

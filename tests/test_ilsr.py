@@ -6,6 +6,7 @@ import torch
 import pinnlsr.ilsr as ilsr_module
 from pinnlsr.ilsr import iterative_lsr
 from pinnlsr.models import ParamSpec
+from pinnlsr.train import TrainHistory
 from problems.burgers1d import Burgers1D
 
 SETTINGS = dict(gn_iterations=2, gn_patience=1, align_iterations=2, dtau=None, compute_errors=False, seed=3)
@@ -51,6 +52,7 @@ def test_a_diverging_alignment_is_rejected_and_the_best_state_kept(monkeypatch):
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(float("nan"))
+        return TrainHistory(diverged=True)
 
     monkeypatch.setattr(ilsr_module, "train_lbfgs", diverging_fit)
     res = iterative_lsr(problem, model, outer_iterations=2, **SETTINGS)

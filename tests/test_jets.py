@@ -243,3 +243,21 @@ def test_deeponet_instance_jets_loss_and_rows():
     dense = torch.func.jacrev(lambda th: rows.values(th))(theta)
     got = torch.cat([gr for _, gr in engine.iter_rows(rows, theta)])
     assert float((got - dense).abs().max()) <= 1e-10 * float(dense.abs().max())
+
+
+def test_pipeline_stages_take_the_jet_path(tmp_path):
+    """A default-style nonlinear run: training, LSR, Gauss–Newton and ILSR name their backends."""
+    import json
+
+    from pinnlsr import runner
+    from problems.burgers1d import Burgers1D
+
+    argv = ["--adam-steps", "3", "--lbfgs-steps", "1", "--points", "pde=40", "bc=10", "ic=10", "--rank", "12",
+            "--ilsr-outer", "1", "--align-iterations", "2", "--gn-iters", "1", "--quiet", "--no-plot",
+            "--out", str(tmp_path / "run")]
+    assert runner.main(Burgers1D, argv) == 0
+    stages = {s["name"]: s for s in json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"]}
+    for name in ("adam", "lbfgs", "lsr", "gauss_newton", "ilsr"):
+        backends = stages[name]["backends"]
+        assert backends["pde"] == "jet(u,u_x0,u_x1,u_x0x0)", (name, backends)
+        assert backends["bc"] == backends["ic"] == "jet(u)", (name, backends)

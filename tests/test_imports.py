@@ -1,0 +1,43 @@
+"""The package's modules import each other without cycles (lazy imports inside functions count)."""
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pinnlsr"
+
+
+def module_imports() -> dict[str, set[str]]:
+    """{module: pinnlsr modules it imports}, from every relative import in its source."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("pinnlsr",) + path.relative_to(PACKAGE).with_suffix("").parts
+        names[path] = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    known = set(names.values())
+    graph = {}
+    for path, name in names.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[:len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                candidates = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+                deps |= {c for c in candidates if c in known and c != name}
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_cycles():
+    graph = module_imports()
+    assert "pinnlsr.engine" in graph["pinnlsr.linearize"]  # the parser sees relative imports
+
+    def reachable(start):
+        seen, stack = set(), [start]
+        while stack:
+            for dep in graph[stack.pop()]:
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append(dep)
+        return seen
+
+    cycles = sorted((a, b) for a in graph for b in graph[a] if a in reachable(b))
+    assert not cycles, f"import cycles (module, imported module that leads back): {cycles}"
