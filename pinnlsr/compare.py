@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .jets import residual_norm
+from .jet_plans import residual_norm
 from .lsr import lsr
 from .marching import refine_from_points
 from .metrics import model_errors, predict, reference_on

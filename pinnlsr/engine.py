@@ -36,7 +36,8 @@ import torch
 from torch.func import jacrev, vmap
 
 from . import jacobian as jac
-from .jets import JetPlan, block_jets, jet_network, plan_block, residual_of_jet
+from .jet_plans import JetPlan, block_jets, plan_block, residual_of_jet
+from .jets import jet_network
 from .residual import Block, Rows
 from .solvers import no_tf32
 
@@ -52,7 +53,7 @@ _MAX_CHUNK_POINTS = 8192
 class StructuredJacobian:
     """Explicit row chunks of a Rows' Jacobian, by jets (:mod:`pinnlsr.jets`) where the model and
     the term allow it and by ``vmap(jacrev)`` otherwise. ``plans`` says which path each block
-    takes and why (:meth:`pinnlsr.jets.JetPlan.describe`).
+    takes and why (:meth:`pinnlsr.jet_plans.JetPlan.describe`).
 
     A jet block's rows are G_i = Σ_c (∂r/∂u^(c))(x_i) · ∂u^(c)(x_i)/∂θ over the jet channels c the
     residual reads: the coefficients come from the user's residual evaluated on u's jets, the

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import jacobian as jac
-from .jets import JetLoss
+from .jet_plans import JetLoss
 from .linearize import JacobianOperator
 from .lsr import _resolve_device, choose_basis, prepare_model
 from .metrics import model_errors

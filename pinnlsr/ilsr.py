@@ -40,7 +40,7 @@ from .lsr import prepare_model, _resolve_device
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem, Term
-from .jets import residual_norm
+from .jet_plans import residual_norm
 from .residual import residual_rows
 from .train import train_lbfgs
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .jets import JetLoss
+from .jet_plans import JetLoss
 from .linearize import JacobianOperator, check_mode
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec

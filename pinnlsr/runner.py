@@ -21,7 +21,7 @@ from . import checkpoint as ckpt
 from . import runfolder
 from .gauss_newton import tangent_gauss_newton
 from .io import atomic_write_json, atomic_write_text
-from .jets import residual_norm
+from .jet_plans import residual_norm
 from .lsr import lsr, resolve_subspace
 from .marching import check_windows, refine_from_points
 from .metrics import model_errors, predict, reference_on

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .models import ParamSpec
 from .problem import PDEProblem
-from .jets import JetLoss
+from .jet_plans import JetLoss
 from .residual import residual_rows
 
 
@@ -37,7 +37,7 @@ class TrainHistory:
 class Objective:
     """The problem loss ||f(θ)||² of ``model`` at ``points`` as a function of the flat θ (m,):
     :meth:`value_and_grad` by jets where they apply and by ``vmap`` + autograd elsewhere
-    (:class:`pinnlsr.jets.JetLoss`; ``backends`` says which path each term takes)."""
+    (:class:`pinnlsr.jet_plans.JetLoss`; ``backends`` says which path each term takes)."""
 
     def __init__(self, problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor],
                  loss_mode: str = "auto"):

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from pinnlsr import operators as op
-from pinnlsr.jets import Channels, JetLoss
+from pinnlsr.jet_plans import JetLoss
+from pinnlsr.jets import Channels
 from pinnlsr.models import MLP, FeatureMLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.residual import residual_rows
