@@ -235,24 +235,29 @@ class JetLoss:
         """{term: "jet(u,u_x,...)" or "generic: why"}."""
         return {name: plan.describe() for name, plan in self.plans.items()}
 
+    def _chunks(self):
+        """Yield (block, plan, points (c, d), data (c, p), input jets or None) over every term in
+        chunks of ``chunk_points`` points."""
+        for block in self.rows.blocks:
+            plan = self.plans[block.name]
+            for i in range(0, block.points.shape[0], self.chunk_points):
+                pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
+                inputs = self._input_jets(block.name, i, plan, pts) if plan.kind == "jet" else None
+                yield block, plan, pts, data, inputs
+
     def value_and_grad(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss (0-d tensor), gradient (m,)) at θ (m,); no autograd graph is kept."""
         theta = theta.detach()
         grad = torch.zeros_like(theta)
         loss = theta.new_zeros(())
-        for block in self.rows.blocks:
-            plan = self.plans[block.name]
-            for i in range(0, block.points.shape[0], self.chunk_points):
-                pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
-                if plan.kind == "jet":
-                    inputs = self._input_jets(block.name, i, plan, pts)
-                    part = _jet_block_loss(self.net, plan, block, theta, pts, data, grad=grad, inputs=inputs)[0]
-                else:
-                    th = theta.clone().requires_grad_(True)
-                    f = vmap(block.fn, in_dims=(None, 0, 0))(th, pts, data)
-                    part = block.scale ** 2 * f.square().sum()
-                    grad += torch.autograd.grad(part, th)[0]
-                loss = loss + part.detach()
+        for block, plan, pts, data, inputs in self._chunks():
+            if plan.kind == "jet":
+                part = _jet_block_loss(self.net, plan, block, theta, pts, data, grad=grad, inputs=inputs)[0]
+            else:
+                th = theta.clone().requires_grad_(True)
+                part = block.scale ** 2 * vmap(block.fn, in_dims=(None, 0, 0))(th, pts, data).square().sum()
+                grad += torch.autograd.grad(part, th)[0]
+            loss = loss + part.detach()
         return loss, grad
 
     def _input_jets(self, name: str, start: int, plan: JetPlan, pts: torch.Tensor) -> torch.Tensor:
@@ -268,15 +273,11 @@ class JetLoss:
         theta = theta.detach()
         parts = []
         with torch.no_grad():
-            for block in self.rows.blocks:
-                plan = self.plans[block.name]
-                for i in range(0, block.points.shape[0], self.chunk_points):
-                    pts, data = block.points[i:i + self.chunk_points], block.data[i:i + self.chunk_points]
-                    if plan.kind == "jet":
-                        inputs = self._input_jets(block.name, i, plan, pts)
-                        parts.append(_jet_block_values(self.net, plan, block, theta, pts, data, inputs))
-                    else:
-                        parts.append(block.scale * vmap(block.fn, in_dims=(None, 0, 0))(theta, pts, data).reshape(-1))
+            for block, plan, pts, data, inputs in self._chunks():
+                if plan.kind == "jet":
+                    parts.append(_jet_block_values(self.net, plan, block, theta, pts, data, inputs))
+                else:
+                    parts.append(block.scale * vmap(block.fn, in_dims=(None, 0, 0))(theta, pts, data).reshape(-1))
         return torch.cat(parts)
 
 
