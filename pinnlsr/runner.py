@@ -54,6 +54,9 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, points and sketches")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, recorded in metrics.json); the last "
+                        "digits of a result can depend on it")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="precision of training and refinement")
     runfolder.add_options(p, resume=True, help_out="output folder for metrics.json, figures, checkpoints")
     p.add_argument("--adam-steps", type=int, default=d["adam_steps"], help="Adam pretraining steps")
@@ -124,7 +127,7 @@ def parse_counts(items: list[str], option: str = "--points") -> dict[str, int]:
 NON_NEGATIVE = ("adam_steps", "lbfgs_steps", "oversampling", "power_iterations", "gn_iters", "ilsr_outer",
                 "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
 POSITIVE = ("lr", "final_lr", "dtau", "memory_budget_gb")
-AT_LEAST_ONE = ("rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
+AT_LEAST_ONE = ("threads", "rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -279,6 +282,8 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     check_options(args)
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     model, points, load = checked_inputs(problem, args, generator, dtype, device)
     if args.out is not None:
         runfolder.clear(args.out, keep_checkpoints=args.resume)

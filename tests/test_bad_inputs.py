@@ -98,6 +98,7 @@ CLI_CASES = [
     ("final-lr-negative", poisson, ["--final-lr=-1e-4"], "--final-lr must be"),
     ("memory-zero", poisson, ["--memory-budget-gb", "0"], "--memory-budget-gb must be"),
     ("rank-zero", poisson, ["--rank", "0"], "--rank must be >= 1"),
+    ("threads-zero", poisson, ["--threads", "0"], "--threads must be >= 1"),
     ("last-rank-zero", poisson, ["--last-window-rank", "0"], "--last-window-rank must be"),
     ("device-typo", poisson, ["--device", "cpux"], "not a torch device"),
     ("device-missing-gpu", poisson, ["--device", "cuda:99"], "cuda"),

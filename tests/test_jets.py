@@ -253,11 +253,13 @@ def test_pipeline_stages_take_the_jet_path(tmp_path):
     from pinnlsr import runner
     from problems.burgers1d import Burgers1D
 
-    argv = ["--adam-steps", "3", "--lbfgs-steps", "1", "--points", "pde=40", "bc=10", "ic=10", "--rank", "12",
+    argv = ["--threads", "1", "--adam-steps", "3", "--lbfgs-steps", "1", "--points", "pde=40", "bc=10", "ic=10", "--rank", "12",
             "--ilsr-outer", "1", "--align-iterations", "2", "--gn-iters", "1", "--quiet", "--no-plot",
             "--out", str(tmp_path / "run")]
     assert runner.main(Burgers1D, argv) == 0
-    stages = {s["name"]: s for s in json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"]}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["threads"] == 1
+    stages = {s["name"]: s for s in metrics["stages"]}
     for name in ("adam", "lbfgs", "lsr", "gauss_newton", "ilsr"):
         backends = stages[name]["backends"]
         assert backends["pde"] == "jet(u,u_x0,u_x1,u_x0x0)", (name, backends)
