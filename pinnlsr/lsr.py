@@ -71,6 +71,14 @@ def _peak_memory_gb(device: torch.device) -> float:
     return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
+def _clock(device: torch.device) -> float:
+    """time.perf_counter() after the work queued on ``device`` has finished (CUDA runs
+    asynchronously: without this a phase's time would be booked to the next one)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _resolve_device(device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -193,33 +201,33 @@ def lsr(
     op = JacobianOperator(rows, theta0, jacobian_mode, memory_budget)
     f0 = rows.values(theta0)
     terms_before = rows.norms(theta0)
-    timings["residual"] = time.perf_counter() - t0
+    timings["residual"] = _clock(device) - t0
 
-    t = time.perf_counter()
+    t = _clock(device)
     all_points = torch.cat(list(points.values()))
     out_rows = output_rows(net, all_points, spec)
     basis = choose_basis(out_rows, theta0, rank, subspace, oversampling, power_iterations, generator,
                          scale_basis, jacobian_mode, memory_budget)
-    timings["basis"] = time.perf_counter() - t
+    timings["basis"] = _clock(device) - t
 
-    t = time.perf_counter()
+    t = _clock(device)
     if least_squares == "streaming":
         from .streaming import tsqr
 
         factor = tsqr(rows, theta0, basis.V, memory_budget, jacobian_mode)  # streams G V in row batches
-        timings["jacobian"] = time.perf_counter() - t
-        t = time.perf_counter()
+        timings["jacobian"] = _clock(device) - t
+        t = _clock(device)
         sol = factor.solve(solver, rcond, tikhonov)
     elif least_squares == "dense":
         a = op.matmul(basis.V)  # G V, (n, r)
-        timings["jacobian"] = time.perf_counter() - t
-        t = time.perf_counter()
+        timings["jacobian"] = _clock(device) - t
+        t = _clock(device)
         sol = solve(a, -f0, solver, rcond if solver == "svd" else None, tikhonov)
     else:
         raise ValueError(f"unknown least_squares {least_squares!r}: use 'dense' or 'streaming'")
-    timings["solve"] = time.perf_counter() - t
+    timings["solve"] = _clock(device) - t
 
-    t = time.perf_counter()
+    t = _clock(device)
     refined = LinearizedModel(net, basis.V, sol.z)
     rows_after = residual_rows(problem, refined, points)
     z_theta = ParamSpec.of(refined).flatten(refined)
@@ -257,8 +265,8 @@ def lsr(
             "step left the region where the linearization holds. Use a lower rank, a larger rcond or a "
             "Tikhonov term, or iterate (pinnlsr.gauss_newton, pinnlsr.ilsr).",
             RuntimeWarning, stacklevel=2)
-    timings["diagnostics"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
+    timings["diagnostics"] = _clock(device) - t
+    timings["total"] = _clock(device) - t0
     timings["refine"] = timings["total"] - timings["diagnostics"]
     diag["seconds"] = timings
     diag["peak_memory_gb"] = _peak_memory_gb(device)
