@@ -88,19 +88,19 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> list[str]:
     return notes
 
 
-def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+def resolve_factory(spec: str, what: str = "model factory") -> Callable:
     """The callable named by ``"package.module:attr"`` or ``"path/to/file.py:attr"``; a run calls
     it without arguments to build the network.
 
     This imports and runs the user's own code (the architecture), never anything from a
     checkpoint file."""
     if ":" not in spec:
-        raise ValueError(f"model factory {spec!r} must look like 'module:function' or 'file.py:function'")
+        raise ValueError(f"{what} {spec!r} must look like 'module:name' or 'file.py:name'")
     target, attr = spec.rsplit(":", 1)
     if target.endswith(".py"):
         file = Path(target)
         if not file.is_file():
-            raise FileNotFoundError(f"model factory file {target!r} does not exist")
+            raise FileNotFoundError(f"{what} file {target!r} does not exist")
         name = f"pinnlsr_user_model_{abs(hash(str(file.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(name, file)
         module = importlib.util.module_from_spec(module_spec)
@@ -110,11 +110,11 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"model factory {spec!r}: module {exc.name!r} not found; give an importable "
-                             "'package.module:function' or a 'path/to/file.py:function'") from None
+            raise ValueError(f"{what} {spec!r}: module {exc.name!r} not found; give an importable "
+                             "'package.module:name' or a 'path/to/file.py:name'") from None
     if not hasattr(module, attr):
-        raise ValueError(f"model factory {spec!r}: {target!r} has no attribute {attr!r}")
+        raise ValueError(f"{what} {spec!r}: {target!r} has no attribute {attr!r}")
     factory = getattr(module, attr)
     if not callable(factory):
-        raise ValueError(f"model factory {spec!r} is not callable")
+        raise ValueError(f"{what} {spec!r} is not callable")
     return factory

@@ -38,7 +38,28 @@ def _list(_args) -> int:
     return 0
 
 
+def user_problem(spec: str):
+    """(problem class, its module's DEFAULTS or None) named by ``module:Class`` or ``file.py:Class``:
+    a user's own PDEProblem subclass, run by the same pipeline as the built-in problems."""
+    from .checkpoint import resolve_factory
+    from .problem import PDEProblem
+
+    cls = resolve_factory(spec, "problem class")
+    if not (isinstance(cls, type) and issubclass(cls, PDEProblem)):
+        raise ValueError(f"{spec!r} is not a PDEProblem subclass: name the problem class, e.g. my_pde.py:MyProblem")
+    return cls, getattr(sys.modules.get(cls.__module__), "DEFAULTS", None)
+
+
 def _run(args, rest: list[str]) -> int:
+    if ":" in args.name:  # a user's own problem class
+        from .runner import main as run_main
+
+        try:
+            cls, defaults = user_problem(args.name)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return run_main(cls, rest, defaults, prog=f"pinnlsr run {args.name}")
     modules = problem_modules()
     if args.name not in modules:
         print(f"error: unknown problem {args.name!r}; `pinnlsr list` shows the problems: "
@@ -101,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the built-in problems with a one-line description")
     run = sub.add_parser("run", help="pretrain and refine one problem; `pinnlsr run NAME --help` lists its options",
                          add_help=False)
-    run.add_argument("name", help="problem name (see `pinnlsr list`)")
+    run.add_argument("name", help="problem name (see `pinnlsr list`), or your own PDEProblem class as "
+                                  "package.module:Class or path/to/file.py:Class")
     compare = sub.add_parser("compare", help="Adam, Adam+L-BFGS, LSR and Iterative LSR side by side on one problem")
     compare.add_argument("name", help="problem name (see `pinnlsr list`)")
     compare.add_argument("--out", type=out_path, default=None,
