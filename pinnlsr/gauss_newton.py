@@ -79,17 +79,19 @@ def z_jacobian(rows: Rows, z: torch.Tensor, n_base_params: int, memory_budget: i
 
 
 def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: dict[str, torch.Tensor],
-                     memory_budget: int | None = None, mode: str = "auto", backends: dict | None = None) -> torch.Tensor:
+                     memory_budget: int | None = None, mode: str = "auto", backends: dict | None = None,
+                     identity_basis: bool = False) -> torch.Tensor:
     """A = df/dz (n, r) of the residual rows of ``predictor`` at its current z, computed as
     G_shift(θ0)·V with :class:`ShiftedNetwork` (equal to differentiating in z directly); with
     ``mode="auto"`` from the jet rows of the shifted network. ``backends`` (a dict) receives the
-    path each term took."""
+    path each term took; ``identity_basis`` (V = I, the whole space) returns G itself instead of
+    multiplying it by I."""
     shifted = ShiftedNetwork(predictor)
     rows = residual_rows(problem, shifted, points)
     op = JacobianOperator(rows, predictor.theta0, mode, memory_budget)
     if backends is not None:
         backends.update(op.backends)
-    return op.matmul(predictor.basis)
+    return op.dense() if identity_basis and mode != "matrix_free" else op.matmul(predictor.basis)
 
 
 def reduce_to_r(a: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -241,7 +243,8 @@ def tangent_gauss_newton(
         with no_tf32():
             if jacobian == "shifted":
                 lin.z.data.copy_(z)
-                a = shifted_jacobian(problem, lin, points, memory_budget, jacobian_mode, backends)
+                a = shifted_jacobian(problem, lin, points, memory_budget, jacobian_mode, backends,
+                                     identity_basis=basis.method == "full")
             else:
                 a = z_jacobian(rows, z, spec.numel, memory_budget)
             if a.shape[0] > a.shape[1]:  # least squares through R: the SVD of the small R11

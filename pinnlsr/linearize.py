@@ -93,7 +93,7 @@ class JacobianOperator:
             yield sl, g, f[sl]
 
     def dense(self) -> torch.Tensor:
-        """G as one (n, m) tensor (small problems and tests)."""
+        """G as one (n, m) tensor (the whole-space basis V = I, small problems, tests)."""
         out = self.theta.new_empty(self.shape)
         for sl, g, _ in self.row_chunks():
             out[sl] = g

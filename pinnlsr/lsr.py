@@ -219,7 +219,7 @@ def lsr(
         t = _clock(device)
         sol = factor.solve(solver, rcond, tikhonov)
     elif least_squares == "dense":
-        a = op.matmul(basis.V)  # G V, (n, r)
+        a = op.dense() if basis.method == "full" and jacobian_mode != "matrix_free" else op.matmul(basis.V)  # G V, (n, r)
         timings["jacobian"] = _clock(device) - t
         t = _clock(device)
         sol = solve(a, -f0, solver, rcond if solver == "svd" else None, tikhonov)
