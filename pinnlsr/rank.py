@@ -333,7 +333,7 @@ class TermsProblem(PDEProblem):
 
 
 def scan_stage(result: RankScanResult, name: str = "lsr") -> dict:
-    """The metrics.json stage of a rank scan (run output contract of DESIGN.md) with the scan."""
+    """The metrics.json stage of a rank scan (run output contract, docs/run_output.md) with the scan."""
     d = result.diagnostics
     stage = {"name": name, "rel_l2": d.get("rel_l2_after"), "max_abs_err": d.get("max_abs_err_after"),
              "residual": d["residual_after"], "seconds": d["seconds"]["total"], "rank": d["rank"],

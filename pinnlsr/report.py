@@ -3,7 +3,7 @@
 A run folder (``--out DIR``) holds
 
 - ``config.json``: the options of the run;
-- ``metrics.json``: the run output contract of DESIGN.md (stages in order, rel_l2, residual, ...);
+- ``metrics.json``: the run output contract of docs/run_output.md (stages in order, rel_l2, residual, ...);
 - ``history.csv``: one row per logged iteration of each method (method, iteration, seconds, loss,
   residual, rel_l2; empty cells where a quantity was not measured);
 - ``predictions.npz``: the reference points (N, d), reference values (N, k) and each stage's

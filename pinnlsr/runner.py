@@ -2,7 +2,7 @@
 
 ``python -m problems.NAME [options]`` and ``pinnlsr run NAME [options]`` both end here. A run
 prints a table (stage, relative L2, max error, residual, seconds) and, with ``--out DIR``, writes
-``DIR/metrics.json`` following the run output contract of DESIGN.md, ``DIR/config.json``, the
+``DIR/metrics.json`` following the run output contract (docs/run_output.md), ``DIR/config.json``, the
 pretrained network ``DIR/model.pt`` (reusable with ``--checkpoint``) and a comparison figure.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark of universal LSR (issue 8): supervised fit, data-driven DeepONet, noisy inverse problem.
+"""Benchmark of universal LSR: supervised fit, data-driven DeepONet, noisy inverse problem.
 
 Runs the three problems (each writes its own metrics.json under OUT/<problem>/), then writes the
 markdown table for README.md to OUT/universal.md and prints it.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU check for issue 7: the paper-size benchmark (float64, float32; no scans), then a CUDA-vs-CPU
+# GPU check: the paper-size benchmark (float64, float32; no scans), then a CUDA-vs-CPU
 # engine check (structured rows incl. the shifted-point periodic term, Cholesky-QR vs Householder)
 # and a timing of the small SVD drivers.
 # Usage on the device machine: bash scripts/gpu_check.sh   (writes under $OUT)
