@@ -70,10 +70,6 @@ class StructuredJacobian:
             self._nets[block.name] = net
             self.plans[block.name] = plan_block(block, net, theta, probe_points)
 
-    def block_rows(self, block: Block, theta: torch.Tensor, pts: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-        """Scaled rows of ``block`` at ``pts`` (c, d): shape (c·q, m)."""
-        return self.block_rows_and_values(block, theta, pts, data)[0]
-
     def block_rows_and_values(self, block: Block, theta: torch.Tensor, pts: torch.Tensor,
                               data: torch.Tensor, values: bool = False):
         """(scaled rows (c·q, m), scaled values (c·q,) or None) of ``block`` at ``pts`` (c, d).

@@ -248,11 +248,6 @@ class JetNetwork:
         self.shift, self.scale = shift, scale
         self.feature_map = feature_map
 
-    @classmethod
-    def of(cls, model: nn.Module, spec: ParamSpec):
-        """The jet view of ``model`` with flat parameters ``spec``, or None (see :func:`jet_network`)."""
-        return jet_network(model, spec)
-
     @property
     def n_outputs(self) -> int:
         return self.layers[-1][2]
