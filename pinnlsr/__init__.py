@@ -4,6 +4,7 @@ The main entry points: :class:`PDEProblem` and :class:`Term` to state a problem,
 refine any ``torch.nn.Module`` on it, :func:`train_adam` / :func:`train_lbfgs` for baselines.
 """
 from . import operators
+from .allocator import tune_allocator
 from .lsr import LSRResult, lsr
 from .models import MLP, LinearizedModel, ParamSpec
 from .problem import PDEProblem, Term
@@ -11,4 +12,4 @@ from .train import train_adam, train_lbfgs
 
 __version__ = "0.1.0"
 __all__ = ["operators", "lsr", "LSRResult", "MLP", "LinearizedModel", "ParamSpec", "PDEProblem", "Term",
-           "train_adam", "train_lbfgs"]
+           "train_adam", "train_lbfgs", "tune_allocator"]

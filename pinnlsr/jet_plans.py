@@ -25,9 +25,10 @@ from .jets import (Channels, JetNetwork, LinearizedJets, ShiftedJets, TaylorJet,
 from .models import ParamSpec
 from .residual import Block, Rows, point_function
 
-#: points per jet pass of the loss: the jets of a chunk (points · channels · width numbers per
-#: layer) stay in cache; 1,024 was fastest on burgers1d and kovasznay (1 CPU thread)
-JET_CHUNK_POINTS = 1024
+#: points per jet pass of the loss: fewer, larger passes cost fewer dispatches; 4,096 was fastest on
+#: burgers1d, kovasznay, lid_driven and allen_cahn1d (1 CPU thread, malloc set by
+#: pinnlsr.allocator), and a chunk's jets stay a few megabytes per layer
+JET_CHUNK_POINTS = 4096
 
 
 # ----------------------------------------------------------------------------------------------

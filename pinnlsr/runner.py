@@ -19,6 +19,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import runfolder
+from .allocator import tune_allocator
 from .gauss_newton import tangent_gauss_newton
 from .io import atomic_write_json, atomic_write_text
 from .jet_plans import residual_norm
@@ -442,7 +443,9 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
     """Call ``run_fn(*args)``: bad input becomes one line on stderr and exit code 2, Ctrl-C the
-    line "interrupted" and exit code 130; any other exception (a bug) keeps its traceback."""
+    line "interrupted" and exit code 130; any other exception (a bug) keeps its traceback.
+    Sets the process's malloc for tensor passes first (:func:`pinnlsr.allocator.tune_allocator`)."""
+    tune_allocator()
     try:
         return 0, run_fn(*args)
     except INPUT_ERRORS as exc:

@@ -37,6 +37,7 @@ from pinnlsr import operators as op
 from pinnlsr.models import MLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.residual import Rows, output_rows, residual_rows
+from pinnlsr.allocator import tune_allocator
 
 NU = 0.01 / math.pi
 SIZES = {
@@ -301,6 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=2, help="also time distributed LSR with this many "
                     "CPU processes on the CPU setting (0 to skip)")
     args = ap.parse_args(argv)
+    tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

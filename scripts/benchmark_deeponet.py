@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from pinnlsr.allocator import tune_allocator
+
 PROBLEMS = ("antiderivative", "diffusion_reaction", "advection", "burgers")
 # LSR paper (Cao & Zhang), GPU, PI-DeepONets trained with Wang et al.'s code: before, after, rank, seconds.
 PAPER = {
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from OUT/NAME/metrics.json")
     p.add_argument("extra", nargs="*", help="more options passed to every problem (after --)")
     args = p.parse_args(argv)
+    tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     results = {}

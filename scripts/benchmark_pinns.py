@@ -29,6 +29,7 @@ from pinnlsr.compare import FULL, QUICK, compare_methods, plot, table
 from pinnlsr.runner import last_window_options
 from pinnlsr.io import atomic_write_json, atomic_write_text
 from pinnlsr.report import write_predictions
+from pinnlsr.allocator import tune_allocator
 
 PROBLEMS = {
     "burgers1d": ("problems.burgers1d", "Burgers1D"),
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="reduced sizes (a smoke run, minutes)")
     args = p.parse_args(argv)
+    tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.problems:

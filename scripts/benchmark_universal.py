@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from pinnlsr.allocator import tune_allocator
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the problems/ package of this checkout
 
 QUICK = {
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
     p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     args = p.parse_args(argv)
+    tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     if not args.table_only:
         for name in args.only:

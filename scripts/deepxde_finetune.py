@@ -43,6 +43,7 @@ from pinnlsr.interop import deepxde as px
 from pinnlsr.interop import deepxde_operator as pxo
 from pinnlsr.io import atomic_write_json, load_burgers_npz
 from pinnlsr.reference_solvers import antiderivative
+from pinnlsr.allocator import tune_allocator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +281,7 @@ def main(argv=None) -> int:
                          "set has 16; 0 = refine on the training points only)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     dde = px.import_deepxde()
     rows = []
