@@ -17,7 +17,6 @@ Starting from z = 0 with μ → 0 the first step is exactly one-shot LSR.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,7 +32,7 @@ from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
 from .residual import Rows, output_rows, residual_rows
-from .solvers import no_tf32
+from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
 from .subspace import Basis
 
 
@@ -92,17 +91,6 @@ def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: di
     if backends is not None:
         backends.update(op.backends)
     return op.dense() if identity_basis and mode != "matrix_free" else op.matmul(predictor.basis)
-
-
-def reduce_to_r(a: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(R11 (r, r), r12 (r,), ρ) with [a | f] = Q [[R11, r12], [0, ρ]] for a tall a (n, r) and
-    f (n,): every least-squares quantity of min ||f + a δ|| (and its damped versions) follows from
-    these, so the SVD acts on the small R11 instead of the tall a (Householder QR in a's dtype)."""
-    n, r = a.shape
-    if n <= r:
-        raise ValueError(f"reduce_to_r needs more rows than columns, got {n} x {r}")
-    rr = torch.linalg.qr(torch.cat([a, f.unsqueeze(1)], 1), mode="r")[1]
-    return rr[:r, :r], rr[:r, r], float(rr[r, r].abs())
 
 
 def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,
@@ -237,7 +225,7 @@ def tangent_gauss_newton(
     if callback:
         callback(history[-1])
     best_z, best_val, best_it = z.clone(), history[0]["validation_residual"], 0
-    mu: float | None = None
+    damping_rule: LevenbergMarquardtDamping | None = None
     stall, stop = 0, "max_iters"
     for it in range(1, max_iters + 1):
         with no_tf32():
@@ -247,33 +235,24 @@ def tangent_gauss_newton(
                                      identity_basis=basis.method == "full")
             else:
                 a = z_jacobian(rows, z, spec.numel, memory_budget)
-            if a.shape[0] > a.shape[1]:  # least squares through R: the SVD of the small R11
-                r11, r12, rho = reduce_to_r(a, f)
-                u, s, vh = torch.linalg.svd(r11, full_matrices=False)
-            else:
-                r11 = r12 = None
-                u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        cut = (rcond if rcond is not None else max(a.shape) * torch.finfo(dtype).eps) * float(s[0])
-        keep = s > cut
-        u, s, vh = u[:, keep], s[keep], vh[keep]
-        g = u.T @ (f if r11 is None else r12)
-        s_max2 = float(s[0]) ** 2 if s.numel() else 1.0
-        mu = damping * s_max2 if mu is None else mu
-        nu, tries, accepted = 10.0, 0, None
+            step = DampedLeastSquares(a, -f, rcond)  # through R when tall: SVD of the r×r R11
+        if damping_rule is None:
+            s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
+            damping_rule = LevenbergMarquardtDamping(damping * s_max2, growth=10.0, floor=1e-30 * s_max2)
+        tries, accepted = 0, None
         while tries < max_tries:
             tries += 1
-            delta = -(vh.T @ ((s / (s**2 + mu)) * g))
+            delta = step.solve(damping_rule.mu)
             z_try = z + delta
             f_try = _safe_values(train_values, z_try)
-            lin_res = _norm(f + a @ delta) if r11 is None else math.hypot(_norm(r11 @ delta + r12), rho)
+            lin_res = step.residual_norm(delta)
             if f_try is not None and _norm(f_try) < f_norm:
-                predicted = f_norm**2 - lin_res**2
-                rho = (f_norm**2 - _norm(f_try) ** 2) / predicted if predicted > 0 else 1.0
+                rho = gain_ratio(f_norm, _norm(f_try), lin_res)
                 accepted = (z_try, f_try, lin_res, _norm(delta), rho)
-                mu = max(mu * max(1 / 3, 1 - (2 * rho - 1) ** 3), 1e-30 * s_max2)
+                damping_rule.accepted(rho)
                 break
-            mu *= nu
-            nu *= 2
+            damping_rule.rejected()
+        mu = damping_rule.mu
         if accepted is None:
             history.append(record(it, f_norm, linearized_residual=None, damping=mu, step_norm=0.0,
                                   gain_ratio=None, tries=tries, rejected=tries))

@@ -264,10 +264,7 @@ class JetNetwork:
     def _act_into(self, h: torch.Tensor, out: torch.Tensor, third: bool):
         """σ(h) written into ``out``; returns (σ', σ'', σ''' or None), computed in place."""
         if self.activation == "tanh":
-            if h.device.type == "cpu":  # CPU tanh is ~7x slower than sigmoid; 2σ(2h) - 1 agrees to 4e-16
-                t = torch.sigmoid(torch.mul(h, 2, out=out), out=out).mul_(2).sub_(1)
-            else:
-                t = torch.tanh(h, out=out)
+            t = torch.tanh(h, out=out)  # (2σ(2h) - 1 is faster on the CPU but 3x less accurate)
             s1 = torch.mul(t, t).neg_().add_(1)
             s2 = torch.mul(t, s1).mul_(-2)
             return s1, s2, (torch.mul(s1, s1).addcmul_(t, s2).mul_(-2) if third else None)

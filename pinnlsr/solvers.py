@@ -53,36 +53,89 @@ def _validate(a: torch.Tensor, b: torch.Tensor, tikhonov: float) -> None:
         raise ValueError(f"least squares: tikhonov must be >= 0, got {tikhonov}")
 
 
+class DampedLeastSquares:
+    """min_z ||A z - b||² + μ||z||² for any number of damping values μ >= 0 from one SVD.
+
+    A tall A (n, r), n >= 2r, is first reduced to the R factor of [A | b] (Householder QR),
+    [A | b] = Q [[R11, r12], [0, ρ]]: the SVD acts on the r×r R11, and every damped solution and
+    its residual sqrt(||R11 z - r12||² + ρ²) follow from it at O(r²) each. Singular values below
+    ``rcond · σ_max`` are dropped (default rcond = max(n, r) · eps). Used by the one-shot solve
+    (:func:`solve_svd`) and by every Levenberg–Marquardt loop (trial steps for several μ).
+    """
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, rcond: float | None = None):
+        _validate(a, b, 0.0)
+        n, r = a.shape
+        self.shape = (n, r)
+        self.rho = 0.0
+        with no_tf32():
+            if n >= 2 * r:  # QR then the SVD of R11 costs less than the SVD of A
+                rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(1)], 1), mode="r")[1]
+                a, b, self.rho = rr[:r, :r], rr[:r, r], float(rr[r, r].abs())
+            u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        self._a, self._b = a, b
+        self.rcond = max(n, r) * torch.finfo(a.dtype).eps if rcond is None else rcond
+        self.singular_values = s  # (min(n, r),) of A, descending
+        k = int((s > self.rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+        self.rank_used = k
+        self._s, self._vh, self._g = s[:k], vh[:k], u[:, :k].T @ b
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.singular_values[0]) if self.singular_values.numel() else 0.0
+
+    @property
+    def cond(self) -> float:
+        """σ_max / σ_min over the singular values kept (inf when none is)."""
+        return float(self._s[0] / self._s[-1]) if self.rank_used else float("inf")
+
+    def solve(self, mu: float = 0.0) -> torch.Tensor:
+        """z (r,) minimizing ||A z - b||² + μ||z||² over the kept singular directions."""
+        if self.rank_used == 0:
+            return self._b.new_zeros(self.shape[1])
+        filt = self._s / (self._s**2 + mu) if mu > 0 else 1.0 / self._s
+        return self._vh.T @ (filt * self._g)
+
+    def residual_norm(self, z: torch.Tensor) -> float:
+        """||A z - b|| for any z (r,)."""
+        return math.hypot(float(torch.linalg.vector_norm(self._a @ z - self._b)), self.rho)
+
+
+class LevenbergMarquardtDamping:
+    """Nielsen's damping rule: μ ← μ·max(1/3, 1 - (2ρ - 1)³) after a step accepted with gain ratio
+    ρ, μ ← ν·μ and ν ← 2ν after a rejected one (ν restarts at ``growth`` after each acceptance);
+    μ never drops below ``floor``."""
+
+    def __init__(self, mu: float, growth: float = 2.0, floor: float = 0.0):
+        self.mu, self.growth, self.nu, self.floor = mu, growth, growth, floor
+
+    def rejected(self) -> None:
+        self.mu *= self.nu
+        self.nu *= 2.0
+
+    def accepted(self, gain_ratio: float) -> None:
+        self.mu = max(self.mu * max(1.0 / 3.0, 1.0 - (2.0 * gain_ratio - 1.0) ** 3), self.floor)
+        self.nu = self.growth
+
+
+def gain_ratio(f_norm: float, new_norm: float, linearized_norm: float) -> float:
+    """Actual over predicted decrease of ||f||²: (||f||² - ||f_new||²) / (||f||² - ||f + Aδ||²)
+    (1 when the model predicts no decrease)."""
+    predicted = f_norm**2 - linearized_norm**2
+    return (f_norm**2 - new_norm**2) / predicted if predicted > 0 else 1.0
+
+
 def solve_svd(a: torch.Tensor, b: torch.Tensor, rcond: float | None = None,
               tikhonov: float = 0.0) -> LeastSquaresSolution:
     """Truncated-SVD solution: singular values below ``rcond · σ_max`` are dropped (default
     rcond = max(n, r) · eps); with ``tikhonov`` = λ > 0 the kept ones are filtered σ/(σ² + λ²).
-
-    A tall system (n ≥ 2r) is first reduced to the R factor of [A | b] (Householder QR): the SVD
-    acts on the r×r R11 and the residual is sqrt(||R11 z - r12||² + ρ²), the same numbers as the
-    SVD of A at a fraction of its cost."""
+    A tall system is reduced to its R factor first (:class:`DampedLeastSquares`)."""
     _validate(a, b, tikhonov)
+    dls = DampedLeastSquares(a, b, rcond)
     with no_tf32():
-        a_full, n, r = a, a.shape[0], a.shape[1]
-        rho = 0.0
-        if n >= 2 * r:
-            rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(1)], 1), mode="r")[1]
-            a, b, rho = rr[:r, :r], rr[:r, r], float(rr[r, r].abs())
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        if rcond is None:
-            rcond = max(a_full.shape) * torch.finfo(a.dtype).eps
-        keep = s > rcond * s[0] if s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
-        k = int(keep.sum())
-        if k == 0:
-            z = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
-            cond = float("inf")
-        else:
-            sk = s[:k]
-            filt = sk / (sk**2 + tikhonov**2) if tikhonov > 0 else 1.0 / sk
-            z = vh[:k].T @ (filt * (u[:, :k].T @ b))
-            cond = float(sk[0] / sk[-1])
-        res = math.hypot(float(torch.linalg.vector_norm(a @ z - b)), rho)
-    return LeastSquaresSolution(z, res, cond, k, s, "svd")
+        z = dls.solve(tikhonov**2)
+        res = dls.residual_norm(z)
+    return LeastSquaresSolution(z, res, dls.cond, dls.rank_used, dls.singular_values, "svd")
 
 
 def solve_qr(a: torch.Tensor, b: torch.Tensor, tikhonov: float = 0.0) -> LeastSquaresSolution:

@@ -46,12 +46,12 @@ def full_basis(m: int, dtype: torch.dtype, device) -> Basis:
     return Basis(torch.eye(m, dtype=dtype, device=device), "full", m, None)
 
 
-def _directions(w: torch.Tensor, s: torch.Tensor, rank: int, scale: bool, rcond: float) -> tuple[torch.Tensor, int]:
+def scaled_directions(w: torch.Tensor, s: torch.Tensor, rank: int, scale: bool, rcond: float) -> tuple[torch.Tensor, int]:
     """Keep the top ``rank`` directions (columns of w) whose σ exceeds rcond·σ_max; scale by 1/σ."""
     keep = int((s > rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
     r = min(rank, keep)
     if r == 0:
-        raise ValueError("the output Jacobian is zero: the network does not depend on its parameters here")
+        raise ValueError("the Jacobian is zero: the network does not depend on its parameters here")
     v = w[:, :r]
     if scale:
         v = v / s[:r]
@@ -64,29 +64,39 @@ def svd_basis(rows: Rows, theta: torch.Tensor, rank: int, scale: bool = True,
     with no_tf32():
         j = jac.jacobian(rows, theta, memory_budget)
         _, s, vh = torch.linalg.svd(j, full_matrices=False)
-    v, r = _directions(vh.T, s, rank, scale, 0.0 if rcond is None else rcond)
+    v, r = scaled_directions(vh.T, s, rank, scale, 0.0 if rcond is None else rcond)
     return Basis(v, "svd", r, s, scaled=scale)
+
+
+def sketch_svd(op, rank: int, oversampling: int = 10, power_iterations: int = 0,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Randomized SVD G ≈ U S Wᵀ of a Jacobian operator (Halko, Martinsson & Tropp 2011): Y = Gᵀ Ω
+    with a Gaussian Ω of rank + oversampling columns, optional power iterations, Q = orth(Y), then
+    the SVD of the small G Q. Returns (W (m, k), S (k,), U (n, k)), k = min(rank + oversampling, m, n).
+
+    ``op``: anything with ``shape`` (n, m), ``theta`` (its dtype and device), ``matmul`` (G·V) and
+    ``rmatmul`` (Gᵀ·W): :class:`pinnlsr.linearize.JacobianOperator` or the DeepXDE operator of
+    :mod:`pinnlsr.interop.deepxde`. Ω is drawn on the CPU from ``generator`` so the same seed
+    gives the same directions on every device."""
+    n, m = op.shape
+    width = min(rank + oversampling, m, n)
+    omega = torch.randn(n, width, generator=generator, dtype=op.theta.dtype).to(op.theta.device)
+    with no_tf32():
+        q, _ = torch.linalg.qr(op.rmatmul(omega))  # (m, width)
+        for _ in range(power_iterations):
+            zq, _ = torch.linalg.qr(op.matmul(q))  # (n, width)
+            q, _ = torch.linalg.qr(op.rmatmul(zq))
+        u, s, vh = torch.linalg.svd(op.matmul(q), full_matrices=False)  # G Q = U S Zᵀ
+        return q @ vh.T, s, u
 
 
 def randomized_basis(rows: Rows, theta: torch.Tensor, rank: int, oversampling: int = 10,
                      power_iterations: int = 0, generator: torch.Generator | None = None,
                      scale: bool = True, rcond: float | None = None, mode: str = "auto",
                      memory_budget: int | None = None) -> Basis:
-    """Randomized range finder on Jᵀ: V spans (approximately) the top-``rank`` right singular
-    vectors of the output Jacobian. Ω is drawn on the CPU from ``generator`` so the same seed gives
-    the same basis on every device."""
-    n, m = rows.n_rows, rows.m
-    width = min(rank + oversampling, m, n)
-    omega = torch.randn(n, width, generator=generator, dtype=theta.dtype).to(theta.device)
+    """Randomized range finder on Jᵀ (:func:`sketch_svd`): V spans (approximately) the
+    top-``rank`` right singular vectors of the output Jacobian."""
     op = JacobianOperator(rows, theta, mode, memory_budget)
-    with no_tf32():
-        y = op.rmatmul(omega)  # (m, width)
-        q, _ = torch.linalg.qr(y)
-        for _ in range(power_iterations):
-            zq, _ = torch.linalg.qr(op.matmul(q))  # (n, width)
-            q, _ = torch.linalg.qr(op.rmatmul(zq))
-        b = op.matmul(q)  # J Q, (n, width)
-        _, s, vh = torch.linalg.svd(b, full_matrices=False)
-        w = q @ vh.T  # (m, width)
-    v, r = _directions(w, s, rank, scale, 0.0 if rcond is None else rcond)
+    w, s, _ = sketch_svd(op, rank, oversampling, power_iterations, generator)
+    v, r = scaled_directions(w, s, rank, scale, 0.0 if rcond is None else rcond)
     return Basis(v, "randomized", r, s, oversampling, power_iterations, scale)

@@ -240,3 +240,25 @@ def test_bad_inputs_give_clear_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "deepxde", None)
     with pytest.raises(ImportError, match="pip install"):
         px.import_deepxde()
+
+
+def test_deepxde_operator_feeds_the_shared_range_finder():
+    """The DeepXDE backend has the Jacobian-operator interface: its products equal its dense G,
+    and the shared randomized SVD on it gives G's singular values (full width: exact)."""
+    from pinnlsr.subspace import sketch_svd
+
+    prob = px.DeepXDEProblem(burgers_periodic_ic())
+    op = px.DeepXDEJacobian(prob, prob.theta())
+    G = op.dense()
+    assert op.shape == tuple(G.shape) and set(op.backends) == set(prob.term_names)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(op.shape[1], 3, generator=gen, dtype=G.dtype)
+    w = torch.randn(op.shape[0], 2, generator=gen, dtype=G.dtype)
+    scale = float(G.abs().max())
+    torch.testing.assert_close(op.matmul(v), G @ v, rtol=0, atol=1e-12 * scale * float(v.abs().max()))
+    torch.testing.assert_close(op.rmatmul(w), G.T @ w, rtol=0, atol=1e-12 * scale * float(w.abs().max()))
+    k = min(op.shape)
+    W, S, U = sketch_svd(op, k, 0, generator=torch.Generator().manual_seed(0))
+    exact = torch.linalg.svdvals(G)
+    torch.testing.assert_close(S[:10], exact[:10], rtol=1e-10, atol=0)
+    torch.testing.assert_close(U[:, :5] * S[:5], G @ W[:, :5], rtol=0, atol=1e-10 * float(S[0]))

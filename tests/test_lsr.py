@@ -74,8 +74,12 @@ def test_lsr_solution_matches_dense_least_squares(subspace, rank):
     a = g @ res.V
     ref = torch.linalg.lstsq(a, -f0.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     assert res.diagnostics["subspace"] == subspace
-    assert res.diagnostics["linearized_residual"] == pytest.approx(float((a @ ref + f0).norm()), rel=1e-6, abs=1e-12)
-    assert res.diagnostics["residual_after"] == pytest.approx(res.diagnostics["linearized_residual"], rel=1e-6, abs=1e-12)
+    # the whole space has cond(a) ~ 3e12 here: rounding (thread count, kernels) moves the minimal
+    # residual in its sixth digit on every path, the oracle's included
+    lin_res = res.diagnostics["linearized_residual"]
+    assert lin_res == pytest.approx(float((a @ ref + f0).norm()), rel=1e-5, abs=1e-12)
+    assert subspace != "full" or lin_res < 1e-5 * float(f0.norm())
+    assert res.diagnostics["residual_after"] == pytest.approx(lin_res, rel=1e-5, abs=1e-12)
 
 
 def test_reduced_poisson_refines_by_orders_of_magnitude(trained):

@@ -74,3 +74,44 @@ def test_tall_svd_solve_goes_through_r_and_matches_the_dense_svd():
     assert torch.allclose(sol.singular_values, s, rtol=1e-12, atol=0)
     assert torch.allclose(sol.z, z, rtol=1e-9, atol=1e-12)
     assert abs(sol.residual_norm - float((a @ z - b).norm())) <= 1e-12 * float(b.norm())
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (25, 25)])
+def test_damped_steps_match_the_stacked_problem(shape):
+    """One factorization (through R when tall) gives every damped step; oracle: the stacked
+    least-squares problem [A; √μ I] z ≈ [b; 0] solved by LAPACK, float64."""
+    from pinnlsr.solvers import DampedLeastSquares
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    b = torch.randn(shape[0], generator=gen, dtype=torch.float64)
+    dls = DampedLeastSquares(a, b, rcond=0.0)
+    for mu in (1e-6, 1e-2, 3.0):
+        stacked = torch.cat([a, mu**0.5 * torch.eye(shape[1], dtype=a.dtype)])
+        rhs = torch.cat([b, b.new_zeros(shape[1])])
+        ref = torch.linalg.lstsq(stacked, rhs.unsqueeze(1)).solution.squeeze(1)
+        z = dls.solve(mu)
+        torch.testing.assert_close(z, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
+        assert dls.residual_norm(z) == pytest.approx(float((a @ z - b).norm()), rel=1e-11)
+    pinv = torch.linalg.lstsq(a, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    torch.testing.assert_close(dls.solve(0.0), pinv, rtol=0, atol=1e-10)
+    assert dls.sigma_max == pytest.approx(float(torch.linalg.matrix_norm(a, 2)), rel=1e-12)
+
+
+def test_levenberg_marquardt_damping_rule():
+    from pinnlsr.solvers import LevenbergMarquardtDamping, gain_ratio
+
+    rule = LevenbergMarquardtDamping(1.0, growth=10.0, floor=1e-3)
+    rule.rejected()
+    rule.rejected()
+    assert rule.mu == pytest.approx(200.0)  # ×10 then ×20
+    rule.accepted(1.0)  # a perfect model: μ/3, ν back to 10
+    assert rule.mu == pytest.approx(200.0 / 3) and rule.nu == 10.0
+    rule.accepted(0.5)  # 1 - 0³ = 1: μ kept
+    assert rule.mu == pytest.approx(200.0 / 3)
+    for _ in range(20):
+        rule.accepted(1.0)
+    assert rule.mu == 1e-3  # never below the floor
+    assert gain_ratio(2.0, 1.0, 1.0) == pytest.approx(1.0)
+    assert gain_ratio(2.0, 1.5, 1.0) == pytest.approx((4 - 2.25) / 3)
+    assert gain_ratio(1.0, 0.5, 1.0) == 1.0  # no predicted decrease

@@ -61,7 +61,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ..models import LinearizedModel, ParamSpec
-from ..solvers import no_tf32, solve
+from ..solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32, solve
+from ..subspace import scaled_directions, sketch_svd
 
 SUPPORTED_DATA = ("PDE", "TimePDE")
 INSTALL_HINT = "install it with `pip install 'pinnlsr[deepxde]'` (or `pip install deepxde`)"
@@ -498,6 +499,46 @@ class DeepXDEProblem:
         return X, np.asarray(soln(X), dtype=np.float64)
 
 
+class DeepXDEJacobian:
+    """G = ∂f/∂θ (n_rows, m) of a :class:`DeepXDEProblem`'s stacked residual at θ, with the
+    interface of :class:`pinnlsr.linearize.JacobianOperator` (the DeepXDE backend of that layer):
+    residual values, G·V by forward mode, Gᵀ·W by reverse mode, the dense G and its row chunks.
+    :func:`pinnlsr.subspace.sketch_svd` and the least-squares steps take it like any other."""
+
+    def __init__(self, problem: DeepXDEProblem, theta: torch.Tensor):
+        self.problem, self.theta = problem, theta.detach()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.problem.n_rows, self.theta.numel()
+
+    @property
+    def backends(self) -> dict[str, str]:
+        how = ("deepxde: reverse-mode rows per point block" if self.problem.pointwise
+               else "deepxde: reverse-mode rows of the whole residual")
+        return {name: how for name in self.problem.term_names}
+
+    def values(self) -> torch.Tensor:
+        """f(θ), shape (n_rows,)."""
+        return self.problem.residual_at(self.theta)
+
+    def matmul(self, v: torch.Tensor) -> torch.Tensor:
+        """G · v for v (m, l): (n_rows, l)."""
+        return self.problem.jvp(self.theta, v)
+
+    def rmatmul(self, w: torch.Tensor) -> torch.Tensor:
+        """Gᵀ · w for w (n_rows, l): (m, l)."""
+        return self.problem.vjp(self.theta, w)
+
+    def dense(self) -> torch.Tensor:
+        """G as one (n_rows, m) tensor."""
+        return self.problem.jacobian(self.theta)
+
+    def row_chunks(self, extra_columns: int = 0):
+        """Yield (row slice, G[slice], f[slice]): one chunk, the dense G."""
+        yield slice(0, self.shape[0]), self.dense(), self.values()
+
+
 # --------------------------------------------------------------------------------------
 # results, predictor, write-back
 # --------------------------------------------------------------------------------------
@@ -576,31 +617,24 @@ def refine(model, *, rank: int | None = None, subspace: str = "svd", oversamplin
     f0 = prob.residual_at(theta)
     seconds["residual"] = time.perf_counter() - t
     t = time.perf_counter()
+    op = DeepXDEJacobian(prob, theta)
     with no_tf32():
         if subspace == "svd":
-            G = prob.jacobian(theta)
+            G = op.dense()
             seconds["jacobian"] = time.perf_counter() - t
             t = time.perf_counter()
             U, S, Wh = torch.linalg.svd(G, full_matrices=False)
-            W, GW = Wh.T, U * S
+            W = Wh.T
         elif subspace == "randomized":
-            k = min(m, n, (rank or min(m, n)) + oversampling)
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            omega = torch.randn(n, k, generator=gen, dtype=theta.dtype).to(theta.device)
-            Q, _ = torch.linalg.qr(prob.vjp(theta, omega))
-            GQ = prob.jvp(theta, Q)
+            W, S, U = sketch_svd(op, rank or min(m, n), oversampling,
+                                 generator=torch.Generator(device="cpu").manual_seed(seed))
             seconds["jacobian"] = time.perf_counter() - t
             t = time.perf_counter()
-            U, S, Zh = torch.linalg.svd(GQ, full_matrices=False)
-            W, GW = Q @ Zh.T, U * S
         else:
             raise ValueError(f"subspace must be 'svd' or 'randomized', got {subspace!r}")
-        keep = int((S > rcond_basis * S[0]).sum()) if S[0] > 0 else 0
-        r = min(rank or keep, keep)
-        if r == 0:
-            raise ValueError("the residual Jacobian is zero: the network does not depend on its parameters here")
-        V = W[:, :r] / S[:r]
-        GV = GW[:, :r] / S[:r]
+        # V = W/σ: G·V = U has orthonormal columns (the same scaling as pinnlsr.lsr)
+        V, r = scaled_directions(W, S, rank or min(m, n), True, rcond_basis)
+        GV = U[:, :r]
         seconds["basis"] = time.perf_counter() - t
         t = time.perf_counter()
         sol = solve(GV, -f0, method="svd", rcond=rcond)
@@ -635,10 +669,10 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
                  callback: Callable | None = None) -> DeepXDERefinement:
     """Levenberg–Marquardt on the DeepXDE residual in parameter space; ``model`` is not modified.
 
-    Each iteration forms the dense G (n_rows, m) once and its SVD G = U S Wᵀ (σ_k > rcond·σ_max
-    kept); a trial step for damping μ is δ = −W diag(σ/(σ² + μ)) Uᵀ f, whose predicted decrease of
-    ||f||² is Σ b_k² (2q_k − q_k²), b = Uᵀ f, q = σ²/(σ² + μ). A step is accepted only when it
-    lowers ||f||; μ follows Nielsen's rule (μ ← μ·max(1/3, 1 − (2ρ − 1)³) after a success with
+    Each iteration forms the dense G (n_rows, m) once (:class:`DeepXDEJacobian`) and the damped
+    least-squares step min ||f + G δ||² + μ||δ||² for every trial μ from one SVD (of the R factor
+    when G is tall; :class:`pinnlsr.solvers.DampedLeastSquares`, σ_k > rcond·σ_max kept). A step
+    is accepted only when it lowers ||f||; μ follows Nielsen's rule (μ ← μ·max(1/3, 1 − (2ρ − 1)³) after a success with
     gain ratio ρ, μ ← ν·μ, ν ← 2ν after a failure), starting at μ = damping·σ_max².
 
     ``validation``: fresh PDE points (a count drawn from ``data.geom`` with ``seed``, or an array
@@ -669,39 +703,31 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
         lambda th, fv: _norm(fv))
     best = {"theta": theta.clone(), "score": score(theta, f), "iteration": 0}
     diag["validation_before"] = best["score"] if X_val is not None else None
-    mu, nu = None, 2.0
+    rule: LevenbergMarquardtDamping | None = None
     history, since_best, stop = [], 0, "iterations"
     for it in range(iterations):
         t = time.perf_counter()
-        G = prob.jacobian(theta)
-        with no_tf32():
-            U, S, Wh = torch.linalg.svd(G, full_matrices=False)
-        del G
-        keep = S > rcond * S[0]
-        Sk, Wk = S[keep], Wh[keep].T
-        b = U[:, keep].T @ f
-        del U
-        if mu is None:
-            mu = damping * float(S[0]) ** 2
-        fn2 = float(f @ f)
+        step = DampedLeastSquares(DeepXDEJacobian(prob, theta).dense(), -f, rcond)
+        s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
+        if rule is None:
+            rule = LevenbergMarquardtDamping(damping * s_max2)
+        f_norm = _norm(f)
         accepted, tries, rho = False, 0, float("nan")
         while tries < 40:
             tries += 1
-            q = Sk**2 / (Sk**2 + mu)
-            step = -(Wk @ (Sk / (Sk**2 + mu) * b))
-            predicted = float((b**2 * (2 * q - q**2)).sum())
-            f_new = prob.residual_at(theta + step)
-            fn2_new = float(f_new @ f_new) if torch.isfinite(f_new).all() else float("inf")
-            if fn2_new < fn2:
-                rho = (fn2 - fn2_new) / max(predicted, 1e-300)
+            delta = step.solve(rule.mu)
+            f_new = prob.residual_at(theta + delta)
+            new_norm = _norm(f_new) if torch.isfinite(f_new).all() else float("inf")
+            if new_norm < f_norm:
+                rho = gain_ratio(f_norm, new_norm, step.residual_norm(delta))
                 accepted = True
                 break
-            mu, nu = mu * nu, nu * 2.0
+            rule.rejected()
         if accepted:
-            theta, f = theta + step, f_new
-            mu, nu = mu * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 2.0
+            theta, f = theta + delta, f_new
+            rule.accepted(rho)
         rec = {"iteration": it + 1, "residual": _norm(f), "accepted": accepted, "tries": tries,
-               "damping": mu / float(S[0]) ** 2, "gain_ratio": rho, "rank_used": int(keep.sum()),
+               "damping": rule.mu / s_max2, "gain_ratio": rho, "rank_used": step.rank_used,
                "seconds": time.perf_counter() - t}
         if accepted:
             val = score(theta, f)
