@@ -42,6 +42,7 @@ __all__ = [
     "plot_histories",
     "plot_singular_values",
     "plot_error_vs_rank",
+    "plot_rank_scan",
     "plot_error_per_instance",
 ]
 
@@ -691,3 +692,16 @@ def plot_error_per_instance(before, after, path, title: str | None = None,
     """
     return _build_and_save(_error_per_instance_figure, path, before, after,
                            title=title, xlabel=xlabel, ylabel=ylabel)
+
+
+def plot_rank_scan(scan, path, title: str | None = None, normalize: bool = True):
+    """Error against rank of a :class:`pinnlsr.rank.RankScan`: test errors, validation error and linearized residual (each divided by
+    its rank-0 value when ``normalize``), with the chosen rank marked. Returns the path."""
+    curves = {f"test {k}": v for k, v in scan.test_errors.items()}
+    if scan.validation_error is not None:
+        curves["validation"] = scan.validation_error
+    curves["linearized residual"] = scan.linearized_residual
+    if normalize:
+        curves = {k: [x / v[0] if v[0] > 0 else x for x in v] for k, v in curves.items()}
+    return plot_error_vs_rank(scan.ranks, curves, path, chosen_rank=scan.rank, title=title,
+                              ylabel="relative to the trained model" if normalize else "error")

@@ -13,7 +13,7 @@ trained model", so a validated refinement never gets worse on the validation set
 
     scan = lsr_rank_scan(problem, model, validation=val_problem)   # all ranks, chosen by validation
     scan.model                                                      # the refined predictor at scan.rank
-    plot_rank_scan(scan.scan, "rank.png")
+    pinnlsr.plotting.plot_rank_scan(scan.scan, "rank.png")       # the figure (an app-layer module)
 """
 from __future__ import annotations
 
@@ -305,21 +305,6 @@ def lsr_rank_scan(
     return RankScanResult(refined, scan, rank, V, basis, points, diag)
 
 
-def plot_rank_scan(scan: RankScan, path, title: str | None = None, normalize: bool = True):
-    """Error against rank: test errors, validation error and linearized residual (each divided by
-    its rank-0 value when ``normalize``), with the chosen rank marked. Returns the path."""
-    from .plotting import plot_error_vs_rank
-
-    curves = {f"test {k}": v for k, v in scan.test_errors.items()}
-    if scan.validation_error is not None:
-        curves["validation"] = scan.validation_error
-    curves["linearized residual"] = scan.linearized_residual
-    if normalize:
-        curves = {k: [x / v[0] if v[0] > 0 else x for x in v] for k, v in curves.items()}
-    return plot_error_vs_rank(scan.ranks, curves, path, chosen_rank=scan.rank, title=title,
-                              ylabel="relative to the trained model" if normalize else "error")
-
-
 class TermsProblem(PDEProblem):
     """A problem made of given terms, e.g. a held-out validation split of a data term:
     ``TermsProblem([Term("data", lambda u, x, y: u(x) - y, X_val, targets=Y_val)], ("x", "y"))``."""
@@ -348,4 +333,4 @@ def scan_stage(result: RankScanResult, name: str = "lsr") -> dict:
 
 
 __all__ = ["RankScan", "RankScanResult", "TermsProblem", "default_ranks", "scan_factor", "select_rank", "lsr_rank_scan",
-           "scan_stage", "plot_rank_scan"]
+           "scan_stage"]

@@ -32,8 +32,8 @@ from pinnlsr.io import atomic_write_json, load_antiderivative
 from pinnlsr.metrics import predict
 from pinnlsr.models import ParamSpec
 from pinnlsr.problem import PDEProblem, Term
-from pinnlsr.plotting import draw_safely, plot_error_per_instance
-from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan
+from pinnlsr.plotting import draw_safely, plot_error_per_instance, plot_rank_scan
+from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan
 from pinnlsr import runfolder
 from pinnlsr.runner import DTYPES, Parser, check_options, resolve_device, run_guarded
 

@@ -22,8 +22,8 @@ from pinnlsr.io import atomic_write_json
 from pinnlsr.metrics import model_errors
 from pinnlsr.models import MLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
-from pinnlsr.plotting import draw_safely
-from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
+from pinnlsr.plotting import draw_safely, plot_rank_scan
+from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
 from pinnlsr import runfolder
 from pinnlsr.runner import (DTYPES, Parser, _residual_norm, _stage, check_options, print_table, resolve_device,
                             run_guarded)

@@ -38,8 +38,8 @@ from pinnlsr.models import MLP, LinearizedModel, ParamSpec
 from pinnlsr.residual import residual_rows
 from pinnlsr.solvers import solve
 from pinnlsr.problem import PDEProblem, Term
-from pinnlsr.plotting import draw_safely
-from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, plot_rank_scan, scan_stage
+from pinnlsr.plotting import draw_safely, plot_rank_scan
+from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
 from pinnlsr import runfolder
 from pinnlsr.runner import DTYPES, _residual_norm, _stage, Parser, run_guarded
 from pinnlsr.train import train_adam

@@ -41,3 +41,32 @@ def test_no_import_cycles():
 
     cycles = sorted((a, b) for a in graph for b in graph[a] if a in reachable(b))
     assert not cycles, f"import cycles (module, imported module that leads back): {cycles}"
+
+
+#: The package's layers, lowest first: a module imports from its own layer and the layers below.
+#: Networks sit below problems (a problem names its default network); the dense solvers and the
+#: checkpoint/data readers below everything (they know nothing of PDEs or networks).
+LAYERS = {
+    "base": ["allocator", "io", "checkpoint", "solvers"],
+    "nn": ["models", "deeponet"],
+    "problem": ["geometry", "operators", "problem", "grf", "reference_solvers", "metrics"],
+    "linearize": ["residual", "jacobian", "jets", "jet_plans", "engine", "linearize"],
+    "linalg": ["streaming", "subspace"],
+    "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
+    "operators and interop": ["operator_learning", "interop", "interop.deepxde", "interop.deepxde_operator"],
+    "app": ["runfolder", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
+}
+
+
+def test_imports_go_down_the_layers_only():
+    graph = module_imports()
+    level = {}
+    for i, modules in enumerate(LAYERS.values()):
+        for m in modules:
+            level["pinnlsr" if m == "__init__" else f"pinnlsr.{m}"] = i
+    missing = sorted(set(graph) - set(level))
+    assert not missing, f"modules without a layer (add them to LAYERS): {missing}"
+    names = list(LAYERS)
+    upward = sorted(f"{a} ({names[level[a]]}) imports {b} ({names[level[b]]})"
+                    for a in graph for b in graph[a] if level[b] > level[a])
+    assert not upward, "imports that go up a layer:\n" + "\n".join(upward)

@@ -9,7 +9,8 @@ from pinnlsr.lsr import lsr
 from pinnlsr.metrics import model_errors, predict
 from pinnlsr.models import LinearizedModel, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
-from pinnlsr.rank import RankScan, default_ranks, lsr_rank_scan, plot_rank_scan, scan_factor, select_rank
+from pinnlsr.plotting import plot_rank_scan
+from pinnlsr.rank import RankScan, default_ranks, lsr_rank_scan, scan_factor, select_rank
 from pinnlsr.residual import residual_rows
 from pinnlsr.streaming import dense_factor
 
