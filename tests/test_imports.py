@@ -53,7 +53,8 @@ LAYERS = {
     "linearize": ["residual", "jacobian", "jets", "jet_plans", "engine", "linearize"],
     "linalg": ["streaming", "subspace"],
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
-    "operators and interop": ["operator_learning", "interop", "interop.deepxde", "interop.deepxde_operator"],
+    "operators and interop": ["operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
+                              "interop.deepxde_operator"],
     "app": ["runfolder", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
 }
 
