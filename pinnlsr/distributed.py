@@ -4,13 +4,21 @@ Each process (rank) takes a contiguous share of every term's points, computes it
 the output Jacobian J and the residual Jacobian G with the streamed engine of
 :mod:`pinnlsr.engine`, and the pieces are combined stably:
 
-- the sketch Y = Jᵀ Ω is a sum over ranks (``all_reduce``); every rank draws the same Gaussian Ω for
-  all output rows from the seed and uses its own rows of it, so the sketch equals the one-process
-  sketch up to rounding;
-- the tall matrices J·Q and [G·V | f0] are reduced by TSQR: each rank takes the R factor of its rows,
-  the R factors are gathered (``all_gather``) and one more QR of their stack gives the R of all rows;
+- the sketch Y = Jᵀ Ω is a sum over ranks (``all_reduce``); Ω is drawn in fixed blocks of rows,
+  each from its own seed, so a rank draws only the blocks of its own rows and the sketch equals the
+  one-process sketch up to rounding, whatever the number of ranks;
+- the tall matrices J·Q and [G·V | f0] are reduced by TSQR: each rank takes the R factor of its rows
+  and the factors are combined pairwise up a binary tree (log2(ranks) small QRs), the result
+  broadcast from rank 0;
 - the small SVDs of R, with a canonical sign per singular vector, give V and z; rank 0's z is
-  broadcast, so every rank returns the same z (equal to the one-process z up to rounding).
+  broadcast, so every rank returns the same z (equal to the one-process z up to rounding);
+- a NaN or Inf found on one rank stops every rank with the same error (agreed before the next
+  collective), instead of leaving the others waiting.
+
+:func:`gauss_newton` runs the tangent Gauss–Newton (Levenberg–Marquardt in the coefficients z of
+the refined predictor) the same way: each rank forms the rows of A = df/dz and f on its points,
+the R factor of [A | f] is reduced up the tree, every rank takes the same damped steps from it, and
+trial and validation residual norms are sums over ranks.
 
 Backends: gloo on the CPU, NCCL on GPUs (one GPU per rank, ``cuda:LOCAL_RANK``).
 
@@ -36,19 +44,30 @@ the trained model the same way on every rank::
 
 The returned :class:`~pinnlsr.engine.StepResult` holds z (r,) and the basis V (m, r), the same on
 every rank, so ``LinearizedModel(model, out.V, out.z)`` is the refined predictor on each of them.
+The Iterative LSR alignment (training the network) is not sharded.
 """
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from . import engine
-from .models import ParamSpec
+from .gauss_newton import ValidationStop, draw_validation_points
+from .jet_plans import JetLoss
+from .linearize import JacobianOperator
+from .lsr import prepare_model
+from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
-from .residual import output_rows, residual_rows
+from .residual import Rows, output_rows, residual_rows
+from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
+
+#: rows of the sketch Ω drawn from one seed: a rank draws only the blocks that hold its rows
+SKETCH_BLOCK_ROWS = 4096
 
 
 def init_from_env(backend: str | None = None) -> torch.device:
@@ -85,63 +104,254 @@ def shard(n: int, rank: int, world: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def _world(group=None) -> tuple[int, int]:
+    """(number of processes, this process's rank) in ``group``; (1, 0) without a process group."""
+    if not dist.is_initialized():
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _global_rank(group, rank: int) -> int:
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def tree_r(r: torch.Tensor, group=None) -> torch.Tensor:
+    """The R factor (k, k) of every process's rows stacked, from this process's R factor (≤ k, k):
+    pairwise QRs of two stacked factors up a binary tree (rank + s sends to rank at each level s =
+    1, 2, 4, ...), then rank 0's result broadcast. log2(world) QRs of (2k, k) on the busiest rank,
+    no process holds more than two factors."""
+    world, me = _world(group)
+    k = r.shape[1]
+    acc = r.new_zeros(k, k)
+    acc[:r.shape[0]] = r  # zero rows do not change the R of a stack
+    step = 1
+    while step < world:
+        if me % (2 * step) == step:
+            dist.send(acc.contiguous(), dst=_global_rank(group, me - step), group=group)
+            break
+        if me + step < world:
+            other = torch.empty_like(acc)
+            dist.recv(other, src=_global_rank(group, me + step), group=group)
+            acc = engine.r_factor(torch.cat([acc, other])).contiguous()  # LAPACK's R is column-major
+        step *= 2
+    dist.broadcast(acc, src=_global_rank(group, 0), group=group)
+    return acc
+
+
+def any_true(flag: bool, group=None) -> bool:
+    """True on every process when ``flag`` is True on at least one."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device(group))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item() > 0)
+
+
+def _collective_device(group=None) -> torch.device:
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def global_norm(v: torch.Tensor, group=None) -> float:
+    """||v|| over the pieces of all processes (inf when any piece is not finite)."""
+    sq = v.dot(v).reshape(1)
+    if dist.is_initialized():
+        dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
+    n = math.sqrt(float(sq)) if math.isfinite(float(sq)) else math.inf
+    return n
+
+
 def reducer(group=None) -> engine.Reducer:
     """The :class:`~pinnlsr.engine.Reducer` of a process group: sums by all_reduce, R factors by
-    all_gather + QR (TSQR), agreement by broadcast from rank 0."""
+    the tree of :func:`tree_r`, agreement by broadcast from rank 0, checks by :func:`any_true`."""
 
     def sum_(t: torch.Tensor) -> None:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
-    def stack_r(r: torch.Tensor) -> torch.Tensor:
-        cols = r.shape[1]
-        padded = r.new_zeros(cols, cols)  # zero rows do not change the R of the stack
-        padded[:r.shape[0]] = r
-        parts = [torch.empty_like(padded) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, padded.contiguous(), group=group)
-        return engine.r_factor(torch.cat(parts))
-
     def agree(t: torch.Tensor) -> torch.Tensor:
         t = t.contiguous()
-        dist.broadcast(t, src=0, group=group)
+        dist.broadcast(t, src=_global_rank(group, 0), group=group)
         return t
 
-    return engine.Reducer(sum_, stack_r, agree)
+    return engine.Reducer(sum_, lambda r: tree_r(r, group), agree, lambda flag: any_true(flag, group))
 
 
-def lsr_step(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], rank: int,
-             oversampling: int = 10, seed: int = 0, memory_budget: int | None = None,
-             rcond: float | None = 1e-14, group=None) -> engine.StepResult:
-    """One randomized-basis LSR step with the points sharded over the process group.
+def sketch_rows(index: torch.Tensor, width: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Rows ``index`` (global row numbers, (k,)) of the Gaussian sketch Ω (n, width): Ω is drawn in
+    blocks of :data:`SKETCH_BLOCK_ROWS` rows, block b from the seed (seed, b) on the CPU, so any
+    process draws just the blocks it needs and gets the rows one process would."""
+    out = torch.empty(index.numel(), width, dtype=dtype)
+    blocks = torch.div(index, SKETCH_BLOCK_ROWS, rounding_mode="floor")
+    for b in torch.unique(blocks).tolist():
+        gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + b) % (2**63))
+        block = torch.randn(SKETCH_BLOCK_ROWS, width, generator=gen, dtype=dtype)
+        sel = blocks == b
+        out[sel] = block[index[sel] - b * SKETCH_BLOCK_ROWS]
+    return out
 
-    ``points`` ({term: (n_t, d)}) are the *global* point sets, the same on every rank (each rank
-    keeps its share). The output Jacobian uses all points, in term order, as in
-    :func:`pinnlsr.lsr.lsr`. Without an initialised process group this is the one-process step
-    (:func:`pinnlsr.engine.lsr_step` with the same Ω)."""
-    world = dist.get_world_size(group) if dist.is_initialized() else 1
-    me = dist.get_rank(group) if dist.is_initialized() else 0
-    spec = ParamSpec.of(model)
-    theta = spec.flatten(model)
+
+def _shares(points: dict[str, torch.Tensor], world: int, me: int) -> dict[str, torch.Tensor]:
     mine = {k: v[shard(v.shape[0], me, world)] for k, v in points.items()}
     empty = [k for k, v in mine.items() if v.shape[0] == 0]
     if empty:
         raise ValueError(f"terms {empty} have fewer points than the {world} processes: use fewer processes")
-    rows = residual_rows(problem, model, mine, spec)
-    for block in rows.blocks:  # the weights are over all points of a term, not this rank's share
+    return mine
+
+
+def _local_rows(problem: PDEProblem, module: nn.Module, mine: dict, points: dict) -> Rows:
+    """This process's residual rows, scaled as part of all points (term weights are means over all
+    points of a term, not over this process's share)."""
+    rows = residual_rows(problem, module, mine)
+    for block in rows.blocks:
         block.scale *= (mine[block.name].shape[0] / points[block.name].shape[0]) ** 0.5
-    out = output_rows(model, torch.cat(list(mine.values())), spec)
-    # The same Ω on every rank for all output rows (term order), then this rank's rows of it.
-    n_out = sum(v.shape[0] for v in points.values())
-    width = min(rank + oversampling, spec.numel)
-    omega = torch.randn(n_out, width, generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
+    return rows
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    """``device``, else this rank's GPU under NCCL, else the model's device."""
+    if device is not None:
+        return torch.device(device)
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def lsr_step(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], rank: int,
+             oversampling: int = 10, seed: int = 0, memory_budget: int | None = None,
+             rcond: float | None = 1e-14, group=None, device=None) -> engine.StepResult:
+    """One randomized-basis LSR step with the points sharded over the process group.
+
+    ``points`` ({term: (n_t, d)}) are the *global* point sets, the same on every rank (each rank
+    keeps its share). The output Jacobian uses all points, in term order, as in
+    :func:`pinnlsr.lsr.lsr`. A copy of the model and the points go to ``device`` (default: this
+    rank's GPU under NCCL, else the model's device). Without an initialised process group this is
+    the one-process step (:func:`pinnlsr.engine.lsr_step` with the same Ω)."""
+    world, me = _world(group)
+    device = _device(model, device)
+    first = next(iter(model.parameters()))
+    net = prepare_model(model, first.dtype, device)
+    spec = ParamSpec.of(net)
+    theta = spec.flatten(net)
+    points = {k: torch.as_tensor(v).to(dtype=theta.dtype, device=device) for k, v in points.items()}
+    mine = _shares(points, world, me)
+    rows = _local_rows(problem, net, mine, points)
+    out = output_rows(net, torch.cat(list(mine.values())), spec)
+    q = out.blocks[0].q  # output rows per point, point-major
     starts, offset = [], 0
     for v in points.values():
         sl = shard(v.shape[0], me, world)
         starts.append(torch.arange(offset + sl.start, offset + sl.stop))
         offset += v.shape[0]
-    omega = omega[torch.cat(starts)].to(theta.device)
+    point_index = torch.cat(starts)
+    row_index = (point_index.unsqueeze(1) * q + torch.arange(q)).reshape(-1)
+    width = min(rank + oversampling, spec.numel)
+    omega = sketch_rows(row_index, width, seed, theta.dtype).to(device)
     red = reducer(group) if world > 1 else None
     return engine.lsr_step(rows, out, theta, rank, omega=omega, memory_budget=memory_budget,
                            rcond=rcond, reducer=red)
 
 
-__all__ = ["init_from_env", "is_main", "shutdown", "shard", "reducer", "lsr_step"]
+@dataclass
+class ShardedGaussNewton:
+    """What :func:`gauss_newton` returns, the same on every rank: the predictor's coefficients z (r,)
+    at the best validation residual, the basis V (m, r), one record per iteration (iteration 0 is
+    the one-shot LSR step: residual, validation_residual, damping, tries), the best iteration and
+    why it stopped."""
+
+    z: torch.Tensor
+    V: torch.Tensor
+    history: list[dict]
+    best_iteration: int
+    stop_reason: str
+    diagnostics: dict = field(default_factory=dict)
+
+    def predictor(self, model: nn.Module) -> LinearizedModel:
+        """The refined predictor u(θ0) + J·V·z on ``model`` (the network the run started from)."""
+        return LinearizedModel(model, self.V.to(next(model.parameters())), self.z.to(next(model.parameters())))
+
+
+def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], rank: int, *,
+                 validation_points: dict[str, torch.Tensor] | None = None, oversampling: int = 10,
+                 seed: int = 0, max_iters: int = 20, damping: float = 1e-20, max_tries: int = 12,
+                 patience: int = 3, tol: float = 1e-12, rcond: float | None = 1e-14,
+                 memory_budget: int | None = None, group=None, device=None) -> ShardedGaussNewton:
+    """Tangent Gauss–Newton with the points (and validation points) sharded over the process group.
+
+    Starts from the sharded one-shot LSR step (:func:`lsr_step`: basis V and z), then each
+    iteration forms this rank's rows of A = df/dz (the shifted network's jet rows times V, as
+    :func:`pinnlsr.gauss_newton.shifted_jacobian`) and of f, reduces the R factor of [A | f] up the
+    tree, and takes damped steps from it (:class:`pinnlsr.solvers.DampedLeastSquares`, Nielsen's
+    rule) accepted when the residual norm over all ranks falls. The returned z has the lowest
+    validation residual (``validation_points``: global sets; default: drawn as
+    :func:`pinnlsr.gauss_newton.draw_validation_points` does); every rank returns the same result,
+    equal to the one-process run up to rounding."""
+    if max_iters < 0 or max_tries < 1 or patience < 1:
+        raise ValueError("max_iters must be >= 0, max_tries and patience >= 1")
+    world, me = _world(group)
+    device = _device(model, device)
+    first = next(iter(model.parameters()))
+    net = prepare_model(model, first.dtype, device)
+    dtype = first.dtype
+    points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
+    if validation_points is None:
+        validation_points = draw_validation_points(problem, seed, dtype, device,
+                                                   {k: int(v.shape[0]) for k, v in points.items()})
+    validation_points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in validation_points.items()}
+    step0 = lsr_step(problem, net, points, rank, oversampling, seed, memory_budget, rcond, group, device)
+    V, z = step0.V, step0.z.clone()
+    mine, mine_val = _shares(points, world, me), _shares(validation_points, world, me)
+    lin = LinearizedModel(net, V, z)
+    train = JetLoss(_local_rows(problem, lin, mine, points), lin, z)
+    val = JetLoss(_local_rows(problem, lin, mine_val, validation_points), lin, z)
+    n_rows = sum(points[b.name].shape[0] * b.q for b in train.rows.blocks)  # over all ranks
+    f = train.values(z)
+    f_norm = global_norm(f, group)
+    history = [{"iteration": 0, "residual": f_norm, "validation_residual": global_norm(val.values(z), group),
+                "damping": None, "tries": 0}]
+    best, stop, rule = ValidationStop(z, history[0]["validation_residual"], patience, tol), "max_iters", None
+    for it in range(1, max_iters + 1):
+        lin.z.data.copy_(z)
+        shifted_rows = _local_rows(problem, ShiftedNetwork(lin), mine, points)  # u + J·V·z at this z
+        with no_tf32(), torch.no_grad():
+            a = JacobianOperator(shifted_rows, lin.theta0, "auto", memory_budget).matmul(V)  # (n_local, r)
+            local = engine.r_factor(torch.cat([a, -f.unsqueeze(1)], 1))
+            step = DampedLeastSquares.from_factor(tree_r(local, group) if world > 1 else local, n_rows, rcond)
+        if rule is None:
+            s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
+            rule = LevenbergMarquardtDamping(damping * s_max2, growth=10.0, floor=1e-30 * s_max2)
+        tries, accepted = 0, None
+        while tries < max_tries:
+            tries += 1
+            delta = step.solve(rule.mu)
+            f_try = train.values(z + delta)
+            try_norm = global_norm(f_try, group)
+            if try_norm < f_norm:
+                accepted = (z + delta, f_try, try_norm, gain_ratio(f_norm, try_norm, step.residual_norm(delta)))
+                rule.accepted(accepted[3])
+                break
+            rule.rejected()
+        if accepted is None:
+            history.append({"iteration": it, "residual": f_norm, "validation_residual": None,
+                            "damping": rule.mu, "tries": tries})
+            stop = "no_decrease"
+            break
+        z, f, new_norm, _ = accepted
+        if world > 1:
+            dist.broadcast(z, src=_global_rank(group, 0), group=group)  # bit-identical z everywhere
+        decrease, f_norm = f_norm - new_norm, new_norm
+        v_norm = global_norm(val.values(z), group)
+        history.append({"iteration": it, "residual": f_norm, "validation_residual": v_norm,
+                        "damping": rule.mu, "tries": tries})
+        reason = best.update(it, z, v_norm, f_norm, decrease)
+        if reason:
+            stop = reason
+            break
+    diag = {"processes": world, "rank": V.shape[1], "lsr_seconds": step0.seconds.get("total"),
+            "n_rows": n_rows}
+    return ShardedGaussNewton(best.z, V, history, best.iteration, stop, diag)
+
+
+__all__ = ["init_from_env", "is_main", "shutdown", "shard", "tree_r", "any_true", "global_norm", "reducer",
+           "sketch_rows", "lsr_step", "ShardedGaussNewton", "gauss_newton"]

@@ -306,11 +306,14 @@ class StepResult:
 class Reducer:
     """How per-process partial results are combined (identity for one process; see
     :mod:`pinnlsr.distributed`): ``sum_`` adds a tensor over processes in place, ``stack_r``
-    turns this process's R factor into the R of all processes' rows."""
+    turns this process's R factor into the R of all processes' rows, ``agree`` makes every
+    process hold rank 0's tensor, ``any_`` is True on every process when it is on one (a check
+    that must stop every process before the next collective, not one)."""
 
     sum_: Callable[[torch.Tensor], None] = lambda t: None
     stack_r: Callable[[torch.Tensor], torch.Tensor] = lambda r: r
     agree: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    any_: Callable[[bool], bool] = lambda flag: flag
 
 
 def _sync(device: torch.device) -> None:
@@ -389,7 +392,10 @@ def lsr_step(rows: Rows, out_rows: Rows, theta: torch.Tensor, rank: int, oversam
 
         tt = time.perf_counter()
         rr, f0 = _streamed_r(rows, theta, v, True, budget, itemsize, eng_res)
-        _check_finite(rows, f0)
+        if reducer.any_(not bool(torch.isfinite(f0).all())):  # every process stops, none waits
+            _check_finite(rows, f0)
+            raise FloatingPointError("the residual has NaN or Inf values on another process's points: "
+                                     "check the network and the residual functions there")
         rr = reducer.stack_r(rr)
         _sync(device)
         t["jacobian"] = time.perf_counter() - tt

@@ -93,6 +93,27 @@ def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: di
     return op.dense() if identity_basis and mode != "matrix_free" else op.matmul(predictor.basis)
 
 
+class ValidationStop:
+    """The best coefficients by validation residual and when to stop a Levenberg–Marquardt run:
+    "converged" when an accepted step lowers ||f|| by less than tol·||f||, "validation" after
+    ``patience`` accepted steps without a validation improvement."""
+
+    def __init__(self, z: torch.Tensor, validation_residual: float, patience: int, tol: float):
+        self.z, self.validation_residual, self.iteration = z.clone(), validation_residual, 0
+        self.patience, self.tol, self.stall = patience, tol, 0
+
+    def update(self, iteration: int, z: torch.Tensor, validation_residual: float, f_norm: float,
+               decrease: float) -> str | None:
+        """Record an accepted step; the stop reason, or None to go on."""
+        if validation_residual < self.validation_residual:
+            self.z, self.validation_residual, self.iteration, self.stall = z.clone(), validation_residual, iteration, 0
+        else:
+            self.stall += 1
+        if decrease < self.tol * (f_norm + decrease):
+            return "converged"
+        return "validation" if self.stall >= self.patience else None
+
+
 def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,
                            counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Fresh points from the problem's samplers with a generator independent of the training
@@ -224,9 +245,9 @@ def tangent_gauss_newton(
                       tries=0, rejected=0)]
     if callback:
         callback(history[-1])
-    best_z, best_val, best_it = z.clone(), history[0]["validation_residual"], 0
+    best = ValidationStop(z, history[0]["validation_residual"], patience, tol)
     damping_rule: LevenbergMarquardtDamping | None = None
-    stall, stop = 0, "max_iters"
+    stop = "max_iters"
     for it in range(1, max_iters + 1):
         with no_tf32():
             if jacobian == "shifted":
@@ -268,16 +289,11 @@ def tangent_gauss_newton(
         history.append(rec)
         if callback:
             callback(rec)
-        if rec["validation_residual"] < best_val:
-            best_z, best_val, best_it, stall = z.clone(), rec["validation_residual"], it, 0
-        else:
-            stall += 1
-        if decrease < tol * (f_norm + decrease):
-            stop = "converged"
+        reason = best.update(it, z, rec["validation_residual"], f_norm, decrease)
+        if reason:
+            stop = reason
             break
-        if stall >= patience:
-            stop = "validation"
-            break
+    best_z, best_val, best_it = best.z, best.validation_residual, best.iteration
     lin.z.data.copy_(best_z)
     diag = {
         "n_params": spec.numel,

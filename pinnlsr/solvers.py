@@ -63,22 +63,30 @@ class DampedLeastSquares:
     (:func:`solve_svd`) and by every Levenberg–Marquardt loop (trial steps for several μ).
     """
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, rcond: float | None = None):
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, rcond: float | None = None, rho: float = 0.0,
+                 n_rows: int | None = None):
         _validate(a, b, 0.0)
         n, r = a.shape
-        self.shape = (n, r)
-        self.rho = 0.0
+        self.shape = (n if n_rows is None else n_rows, r)
+        self.rho = rho
         with no_tf32():
             if n >= 2 * r:  # QR then the SVD of R11 costs less than the SVD of A
                 rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(1)], 1), mode="r")[1]
-                a, b, self.rho = rr[:r, :r], rr[:r, r], float(rr[r, r].abs())
+                a, b, self.rho = rr[:r, :r], rr[:r, r], math.hypot(float(rr[r, r]), rho)
             u, s, vh = torch.linalg.svd(a, full_matrices=False)
         self._a, self._b = a, b
-        self.rcond = max(n, r) * torch.finfo(a.dtype).eps if rcond is None else rcond
+        self.rcond = max(self.shape) * torch.finfo(a.dtype).eps if rcond is None else rcond
         self.singular_values = s  # (min(n, r),) of A, descending
         k = int((s > self.rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
         self.rank_used = k
         self._s, self._vh, self._g = s[:k], vh[:k], u[:, :k].T @ b
+
+    @classmethod
+    def from_factor(cls, r_aug: torch.Tensor, n_rows: int, rcond: float | None = None) -> "DampedLeastSquares":
+        """From the R factor (r+1, r+1) of [A | b] of n_rows rows (e.g. reduced across processes by
+        TSQR): the same steps as from A and b themselves."""
+        r = r_aug.shape[1] - 1
+        return cls(r_aug[:r, :r], r_aug[:r, r], rcond, rho=float(r_aug[r, r].abs()), n_rows=n_rows)
 
     @property
     def sigma_max(self) -> float:
