@@ -318,9 +318,7 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
             a = JacobianOperator(shifted_rows, lin.theta0, "auto", memory_budget).matmul(V)  # (n_local, r)
             local = engine.r_factor(torch.cat([a, -f.unsqueeze(1)], 1))
             step = DampedLeastSquares.from_factor(tree_r(local, group) if world > 1 else local, n_rows, rcond)
-        if rule is None:
-            s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
-            rule = LevenbergMarquardtDamping(damping * s_max2, growth=10.0, floor=1e-30 * s_max2)
+        rule = rule or LevenbergMarquardtDamping.relative(damping, step.sigma_max)
         tries, accepted = 0, None
         while tries < max_tries:
             tries += 1

@@ -258,8 +258,7 @@ def tangent_gauss_newton(
                 a = z_jacobian(rows, z, spec.numel, memory_budget)
             step = DampedLeastSquares(a, -f, rcond)  # through R when tall: SVD of the r×r R11
         if damping_rule is None:
-            s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
-            damping_rule = LevenbergMarquardtDamping(damping * s_max2, growth=10.0, floor=1e-30 * s_max2)
+            damping_rule = LevenbergMarquardtDamping.relative(damping, step.sigma_max)
         tries, accepted = 0, None
         while tries < max_tries:
             tries += 1

@@ -117,6 +117,14 @@ class LevenbergMarquardtDamping:
     def __init__(self, mu: float, growth: float = 2.0, floor: float = 0.0):
         self.mu, self.growth, self.nu, self.floor = mu, growth, growth, floor
 
+    @classmethod
+    def relative(cls, damping: float, sigma_max: float, growth: float = 10.0,
+                 floor: float = 1e-30) -> "LevenbergMarquardtDamping":
+        """μ0 = damping·σ_max² and the floor floor·σ_max², for the largest singular value σ_max of
+        the first linearization (1 when it is 0)."""
+        s_max2 = sigma_max**2 if sigma_max > 0 else 1.0
+        return cls(damping * s_max2, growth, floor * s_max2)
+
     def rejected(self) -> None:
         self.mu *= self.nu
         self.nu *= 2.0
