@@ -63,6 +63,7 @@ from .linearize import JacobianOperator
 from .lsr import prepare_model
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
+from .qr import r_factor
 from .residual import Rows, output_rows, residual_rows
 from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
 
@@ -132,7 +133,7 @@ def tree_r(r: torch.Tensor, group=None) -> torch.Tensor:
         if me + step < world:
             other = torch.empty_like(acc)
             dist.recv(other, src=_global_rank(group, me + step), group=group)
-            acc = engine.r_factor(torch.cat([acc, other])).contiguous()  # LAPACK's R is column-major
+            acc = r_factor(torch.cat([acc, other])).contiguous()  # LAPACK's R is column-major
         step *= 2
     dist.broadcast(acc, src=_global_rank(group, 0), group=group)
     return acc
@@ -316,7 +317,7 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
         shifted_rows = _local_rows(problem, ShiftedNetwork(lin), mine, points)  # u + J·V·z at this z
         with no_tf32(), torch.no_grad():
             a = JacobianOperator(shifted_rows, lin.theta0, "auto", memory_budget).matmul(V)  # (n_local, r)
-            local = engine.r_factor(torch.cat([a, -f.unsqueeze(1)], 1))
+            local = r_factor(torch.cat([a, -f.unsqueeze(1)], 1))
             step = DampedLeastSquares.from_factor(tree_r(local, group) if world > 1 else local, n_rows, rcond)
         rule = rule or LevenbergMarquardtDamping.relative(damping, step.sigma_max)
         tries, accepted = 0, None

@@ -33,6 +33,7 @@ from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
 from .residual import Rows, output_rows, residual_rows
 from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
+from .streaming import tsqr
 from .subspace import Basis
 
 
@@ -75,6 +76,29 @@ def z_jacobian(rows: Rows, z: torch.Tensor, n_base_params: int, memory_budget: i
     budget = jac.default_memory_budget(z.device) if memory_budget is None else int(memory_budget)
     r = z.numel()
     return jac.jacobian(rows, z, max(1, budget * r // (r + 4 * n_base_params)))
+
+
+def shifted_r_factor(problem: PDEProblem, predictor: LinearizedModel, points: dict[str, torch.Tensor],
+                     memory_budget: int | None = None, mode: str = "auto", backends: dict | None = None
+                     ) -> torch.Tensor:
+    """The R factor (r+1, r+1) of [A | -f] for :func:`shifted_jacobian`'s A (n, r) and the
+    predictor's residual f, without forming A: rows streamed in batches under ``memory_budget`` and
+    folded into R (:func:`pinnlsr.streaming.tsqr`), for n·r too large to hold."""
+    shifted = ShiftedNetwork(predictor)
+    rows = residual_rows(problem, shifted, points)
+    if backends is not None:
+        backends.update(JacobianOperator(rows, predictor.theta0, mode, memory_budget).backends)
+    factor = tsqr(rows, predictor.theta0, predictor.basis, memory_budget, mode)
+    r = factor.rank
+    r_aug = factor.R.new_zeros(r + 1, r + 1)
+    r_aug[:r, :r], r_aug[:r, r], r_aug[r, r] = factor.R, factor.c, factor.rho
+    return r_aug
+
+
+def fits_dense(n_rows: int, columns: int, itemsize: int, memory_budget: int | None, device) -> bool:
+    """Whether an (n_rows, columns) matrix takes at most a quarter of the memory budget."""
+    budget = jac.default_memory_budget(device) if memory_budget is None else int(memory_budget)
+    return n_rows * columns * itemsize <= budget // 4
 
 
 def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: dict[str, torch.Tensor],
@@ -250,13 +274,15 @@ def tangent_gauss_newton(
     stop = "max_iters"
     for it in range(1, max_iters + 1):
         with no_tf32():
-            if jacobian == "shifted":
-                lin.z.data.copy_(z)
-                a = shifted_jacobian(problem, lin, points, memory_budget, jacobian_mode, backends,
-                                     identity_basis=basis.method == "full")
+            lin.z.data.copy_(z)
+            if jacobian == "shifted" and not fits_dense(f.numel(), r + 1, f.element_size(), memory_budget, device):
+                r_aug = shifted_r_factor(problem, lin, points, memory_budget, jacobian_mode, backends)
+                step = DampedLeastSquares.from_factor(r_aug, f.numel(), rcond)  # A never formed
             else:
-                a = z_jacobian(rows, z, spec.numel, memory_budget)
-            step = DampedLeastSquares(a, -f, rcond)  # through R when tall: SVD of the r×r R11
+                a = (shifted_jacobian(problem, lin, points, memory_budget, jacobian_mode, backends,
+                                      identity_basis=basis.method == "full")
+                     if jacobian == "shifted" else z_jacobian(rows, z, spec.numel, memory_budget))
+                step = DampedLeastSquares(a, -f, rcond)  # through R when tall: SVD of the r×r R11
         if damping_rule is None:
             damping_rule = LevenbergMarquardtDamping.relative(damping, step.sigma_max)
         tries, accepted = 0, None

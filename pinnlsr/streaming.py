@@ -23,6 +23,7 @@ import torch
 
 from . import jacobian as jac
 from .linearize import JacobianOperator
+from .qr import StreamingR, r_factor
 from .residual import Rows
 from .solvers import LeastSquaresSolution, no_tf32, solve
 
@@ -57,12 +58,10 @@ class TriangularFactor:
         return sol
 
 
-def _augmented_qr(stacked: torch.Tensor) -> torch.Tensor:
-    """R factor (k, k) of a (≥ k, k) matrix, rows padded with zeros if fewer than k."""
-    k = stacked.shape[1]
-    if stacked.shape[0] < k:
-        stacked = torch.cat([stacked, stacked.new_zeros(k - stacked.shape[0], k)])
-    return torch.linalg.qr(stacked, mode="r")[1]
+def _square(r: torch.Tensor) -> torch.Tensor:
+    """An R factor (≤ k, k) padded with zero rows to (k, k)."""
+    k = r.shape[1]
+    return r if r.shape[0] == k else torch.cat([r, r.new_zeros(k - r.shape[0], k)])
 
 
 def dense_factor(a: torch.Tensor, b: torch.Tensor) -> TriangularFactor:
@@ -70,7 +69,7 @@ def dense_factor(a: torch.Tensor, b: torch.Tensor) -> TriangularFactor:
     if a.ndim != 2 or b.shape != (a.shape[0],):
         raise ValueError(f"dense_factor: need A (n, r) and b (n,), got {tuple(a.shape)} and {tuple(b.shape)}")
     with no_tf32():
-        r_aug = _augmented_qr(torch.cat([a, b.unsqueeze(1)], 1))
+        r_aug = _square(r_factor(torch.cat([a, b.unsqueeze(1)], 1)))
     return TriangularFactor.from_augmented(r_aug, float(b.norm()), a.shape[0], 1)
 
 
@@ -105,8 +104,8 @@ def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | 
     chunk = points_per_batch or batch_points(rows, r, memory_budget, theta.dtype, theta.device, mode)
     if chunk < 1:
         raise ValueError(f"tsqr: points_per_batch must be >= 1, got {chunk}")
-    r_aug = theta.new_zeros(r + 1, r + 1)
-    b_sq, n_batches = 0.0, 0
+    acc = StreamingR(buffer_rows=1)  # each batch folded into R at once: memory O(r² + batch)
+    b_sq, n_batches = theta.new_zeros(()), 0  # summed on the device: no host sync per batch
     engine = JacobianOperator(rows, theta, mode, memory_budget).engine
     with no_tf32():
         for block, _, pts, data in rows.chunks(chunk):
@@ -117,10 +116,10 @@ def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | 
                 sub = Rows([dataclasses.replace(block, points=pts, data=data)], rows.spec, rows.eval_chunk)
                 a = jac.apply(sub, theta, V, mode, memory_budget)  # (c·q, r)
                 b = -sub.values(theta)  # (c·q,)
-            r_aug = _augmented_qr(torch.cat([r_aug, torch.cat([a, b.unsqueeze(1)], 1)]))
-            b_sq += float(b.dot(b))
+            acc.add(torch.cat([a, b.unsqueeze(1)], 1))
+            b_sq += b.dot(b)
             n_batches += 1
-    return TriangularFactor.from_augmented(r_aug, math.sqrt(b_sq), rows.n_rows, n_batches)
+    return TriangularFactor.from_augmented(_square(acc.result()), math.sqrt(float(b_sq)), rows.n_rows, n_batches)
 
 
 def streaming_lstsq(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | None = None,

@@ -140,3 +140,21 @@ def test_both_jacobians_give_the_same_gauss_newton_run():
                                  compute_errors=False, jacobian=j) for j in ("shifted", "direct")]
     for a, b in zip(runs[0].history, runs[1].history):
         assert a["residual"] == pytest.approx(b["residual"], rel=1e-8)
+
+
+def test_a_budget_below_the_dense_step_streams_its_r_factor():
+    """With a memory budget too small for the dense (n, r) matrix, each step folds the rows of
+    [A | -f] into their R factor batch by batch: the same run as the dense step, to rounding."""
+    from pinnlsr.gauss_newton import fits_dense
+
+    problem, model, points = small_burgers()
+    kwargs = dict(points=points, rank=40, max_iters=3, patience=10, compute_errors=False, seed=0)
+    dense = tangent_gauss_newton(problem, model, **kwargs)
+    n = sum(v.shape[0] for v in points.values())
+    budget = 60_000  # bytes: under four times the 112 x 41 float64 matrix, above a few points' rows
+    assert not fits_dense(n, 41, 8, budget, "cpu") and fits_dense(n, 41, 8, 10**7, "cpu")
+    streamed = tangent_gauss_newton(problem, model, memory_budget=budget, **kwargs)
+    assert len(streamed.history) == len(dense.history) >= 3
+    for a, b in zip(streamed.history, dense.history):
+        assert a["residual"] == pytest.approx(b["residual"], rel=1e-9)
+    torch.testing.assert_close(streamed.z, dense.z, rtol=0, atol=1e-8 * float(dense.z.abs().max()))

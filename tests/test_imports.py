@@ -47,7 +47,7 @@ def test_no_import_cycles():
 #: Networks sit below problems (a problem names its default network); the dense solvers and the
 #: checkpoint/data readers below everything (they know nothing of PDEs or networks).
 LAYERS = {
-    "base": ["allocator", "io", "checkpoint", "solvers"],
+    "base": ["allocator", "io", "checkpoint", "solvers", "qr"],
     "nn": ["models", "deeponet"],
     "problem": ["geometry", "operators", "problem", "grf", "reference_solvers", "metrics"],
     "linearize": ["residual", "jacobian", "jets", "jet_plans", "engine", "linearize"],
