@@ -1,8 +1,8 @@
 """Distributed LSR on ``torch.distributed``: collocation points sharded across processes.
 
 Each process (rank) takes a contiguous share of every term's points, computes its own rows of
-the output Jacobian J and the residual Jacobian G with the streamed engine of
-:mod:`pinnlsr.engine`, and the pieces are combined stably:
+the output Jacobian J and the residual Jacobian G with the streamed step of
+:func:`pinnlsr.lsr.lsr_step`, and the pieces are combined stably:
 
 - the sketch Y = Jᵀ Ω is a sum over ranks (``all_reduce``); Ω is drawn in fixed blocks of rows,
   each from its own seed, so a rank draws only the blocks of its own rows and the sketch equals the
@@ -42,7 +42,7 @@ the trained model the same way on every rank::
     torchrun --nproc_per_node=2 my_lsr.py             # 2 CPU processes (gloo)
     torchrun --nproc_per_node=4 my_lsr.py             # 4 GPUs on one node (NCCL)
 
-The returned :class:`~pinnlsr.engine.StepResult` holds z (r,) and the basis V (m, r), the same on
+The returned :class:`~pinnlsr.lsr.StepResult` holds z (r,) and the basis V (m, r), the same on
 every rank, so ``LinearizedModel(model, out.V, out.z)`` is the refined predictor on each of them.
 The Iterative LSR alignment (training the network) is not sharded.
 """
@@ -56,14 +56,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import engine
 from .gauss_newton import ValidationStop, draw_validation_points
 from .jet_plans import JetLoss
 from .linearize import JacobianOperator
-from .lsr import prepare_model
+from .lsr import StepResult, lsr_step as one_step, prepare_model
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
-from .qr import r_factor
+from .qr import Reducer, r_factor
 from .residual import Rows, output_rows, residual_rows
 from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
 
@@ -163,8 +162,8 @@ def global_norm(v: torch.Tensor, group=None) -> float:
     return n
 
 
-def reducer(group=None) -> engine.Reducer:
-    """The :class:`~pinnlsr.engine.Reducer` of a process group: sums by all_reduce, R factors by
+def reducer(group=None) -> Reducer:
+    """The :class:`~pinnlsr.qr.Reducer` of a process group: sums by all_reduce, R factors by
     the tree of :func:`tree_r`, agreement by broadcast from rank 0, checks by :func:`any_true`."""
 
     def sum_(t: torch.Tensor) -> None:
@@ -175,7 +174,7 @@ def reducer(group=None) -> engine.Reducer:
         dist.broadcast(t, src=_global_rank(group, 0), group=group)
         return t
 
-    return engine.Reducer(sum_, lambda r: tree_r(r, group), agree, lambda flag: any_true(flag, group))
+    return Reducer(sum_, lambda r: tree_r(r, group), agree, lambda flag: any_true(flag, group))
 
 
 def sketch_rows(index: torch.Tensor, width: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -221,14 +220,14 @@ def _device(model: nn.Module, device) -> torch.device:
 
 def lsr_step(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], rank: int,
              oversampling: int = 10, seed: int = 0, memory_budget: int | None = None,
-             rcond: float | None = 1e-14, group=None, device=None) -> engine.StepResult:
+             rcond: float | None = 1e-14, group=None, device=None) -> StepResult:
     """One randomized-basis LSR step with the points sharded over the process group.
 
     ``points`` ({term: (n_t, d)}) are the *global* point sets, the same on every rank (each rank
     keeps its share). The output Jacobian uses all points, in term order, as in
     :func:`pinnlsr.lsr.lsr`. A copy of the model and the points go to ``device`` (default: this
     rank's GPU under NCCL, else the model's device). Without an initialised process group this is
-    the one-process step (:func:`pinnlsr.engine.lsr_step` with the same Ω)."""
+    the one-process step (:func:`pinnlsr.lsr.lsr_step` with the same Ω)."""
     world, me = _world(group)
     device = _device(model, device)
     first = next(iter(model.parameters()))
@@ -250,8 +249,7 @@ def lsr_step(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tens
     width = min(rank + oversampling, spec.numel)
     omega = sketch_rows(row_index, width, seed, theta.dtype).to(device)
     red = reducer(group) if world > 1 else None
-    return engine.lsr_step(rows, out, theta, rank, omega=omega, memory_budget=memory_budget,
-                           rcond=rcond, reducer=red)
+    return one_step(rows, out, theta, rank, omega=omega, memory_budget=memory_budget, rcond=rcond, reducer=red)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Structured, streaming Jacobian engine and the fast one-shot LSR step.
+"""Structured, streaming Jacobian engine: jet rows of G and J in chunks under a memory budget.
 
 The cost of one LSR step is the three Jacobian products Jᵀ·Ω, J·Q and G·V (about 6·n·m·r flops for
 n rows, m parameters and rank r). This module makes all three plain GEMMs on explicit row chunks and
@@ -16,21 +16,14 @@ makes the rows themselves cheap:
 - **Streaming.** Rows come in chunks of points sized from a memory budget (default from free device
   memory), so G and J are never stored whole. A budget below one point falls back to the
   matrix-free jvp/vjp products with a ResourceWarning (never an out-of-memory crash).
-- **Stable reductions.** Tall matrices (J·Q, [G·V | f0]) are reduced to their R factor, in one QR
-  when they fit in the budget and otherwise by a streaming TSQR over chunks; the small SVDs act on
-  R only. Singular vectors get a canonical sign, so the basis and z do not depend on how the rows
-  were split (chunks, processes: see :mod:`pinnlsr.distributed`).
 
-Entry points: :func:`apply`/:func:`apply_transpose` (the "auto" backend of
-:class:`pinnlsr.linearize.JacobianOperator`, so of ``lsr(..., jacobian_mode="auto")``) and
-:func:`lsr_step`, the streamed randomized-basis LSR step used by ``scripts/bench_lsr.py``.
+Entry points: :func:`apply`/:func:`apply_transpose` and the row chunks (the "auto" backend of
+:class:`pinnlsr.linearize.JacobianOperator`, so of ``lsr(..., jacobian_mode="auto")`` and of the
+streamed step :func:`pinnlsr.lsr.lsr_step`).
 """
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch.func import jacrev, vmap
@@ -39,7 +32,6 @@ from . import jacobian as jac
 from .jet_plans import JetPlan, block_jets, plan_block, residual_of_jet
 from .jets import jet_network
 from .residual import Block, Rows
-from .qr import StreamingR, canonical_svd, orthonormalize
 from .solvers import no_tf32
 
 # Bytes per point of a structured chunk, in units of q·m numbers: the rows, the per-layer outer
@@ -179,197 +171,10 @@ def apply_transpose(rows: Rows, theta: torch.Tensor, w: torch.Tensor, memory_bud
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Stable reductions
-# ----------------------------------------------------------------------------------------------
-# ----------------------------------------------------------------------------------------------
-# The streamed LSR step
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class StepResult:
-    """What :func:`lsr_step` returns. ``V`` (m, r) is the scaled basis, ``z`` (r,) the
-    coefficients, ``linearized_residual`` ||f0 + G V z||."""
-
-    z: torch.Tensor
-    V: torch.Tensor
-    singular_values: torch.Tensor  # of the sketch J·Q, descending
-    rank: int
-    residual_before: float
-    linearized_residual: float
-    cond: float
-    seconds: dict = field(default_factory=dict)
-    plans: dict = field(default_factory=dict)
-    engines: tuple | None = field(default=None, repr=False)  # (residual, output) StructuredJacobian
-
-
-@dataclass
-class Reducer:
-    """How per-process partial results are combined (identity for one process; see
-    :mod:`pinnlsr.distributed`): ``sum_`` adds a tensor over processes in place, ``stack_r``
-    turns this process's R factor into the R of all processes' rows, ``agree`` makes every
-    process hold rank 0's tensor, ``any_`` is True on every process when it is on one (a check
-    that must stop every process before the next collective, not one)."""
-
-    sum_: Callable[[torch.Tensor], None] = lambda t: None
-    stack_r: Callable[[torch.Tensor], torch.Tensor] = lambda r: r
-    agree: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
-    any_: Callable[[bool], bool] = lambda flag: flag
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def lsr_step(rows: Rows, out_rows: Rows, theta: torch.Tensor, rank: int, oversampling: int = 10,
-             generator: torch.Generator | None = None, omega: torch.Tensor | None = None,
-             memory_budget: int | None = None, rcond: float | None = 1e-14, scale: bool = True,
-             reducer: Reducer | None = None,
-             engines: tuple[StructuredJacobian, StructuredJacobian] | None = None) -> StepResult:
-    """One randomized-basis LSR step on the residual ``rows`` with the output Jacobian of
-    ``out_rows``, streamed: Y = Jᵀ Ω, Q = orth(Y), R_B = R(J Q), SVD(R_B) → V (scaled by 1/σ so
-    J V is orthonormal), R = R([G V | f0]), truncated SVD of R → z.
-
-    ``omega`` (n_out, r + p) is the sketch (drawn from ``generator`` on the CPU when None, like
-    :func:`pinnlsr.subspace.randomized_basis`). Matches ``lsr(..., subspace="randomized")`` up to
-    rounding; the timings of each phase are in ``seconds``.
-
-    ``engines`` = (residual engine, output engine), e.g. ``StepResult.engines`` of an earlier step
-    on the same rows (iterative LSR), reuses their checked plans: no per-term checks ("setup")
-    in this step."""
-    reducer = reducer or Reducer()
-    device, dtype = theta.device, theta.dtype
-    budget = jac.default_memory_budget(device) if memory_budget is None else int(memory_budget)
-    itemsize = theta.element_size()
-    t = {}
-    _sync(device)
-    t0 = time.perf_counter()
-    width = min(rank + oversampling, out_rows.m)
-    if omega is None:
-        omega = torch.randn(out_rows.n_rows, width, generator=generator, dtype=dtype).to(device)
-    with no_tf32(), torch.no_grad():
-        if engines is not None:
-            eng_res, eng_out = engines
-            if eng_res.rows is not rows or eng_out.rows is not out_rows:
-                raise ValueError("engines were made for other Rows: pass the rows they were built on, or engines=None")
-        else:
-            eng_out = StructuredJacobian(out_rows, theta)
-            eng_res = StructuredJacobian(rows, theta)
-        _sync(device)
-        t["setup"] = time.perf_counter() - t0
-
-        tt = time.perf_counter()
-        y = apply_transpose(out_rows, theta, omega, budget, eng_out)  # (m, width)
-        reducer.sum_(y)
-        _sync(device)
-        t["sketch"] = time.perf_counter() - tt
-
-        tt = time.perf_counter()
-        q = orthonormalize(y)
-        del y
-        q = reducer.agree(q)
-        _sync(device)
-        t["orth"] = time.perf_counter() - tt
-
-        tt = time.perf_counter()
-        r_b = _streamed_r(out_rows, theta, q, False, budget, itemsize, eng_out)[0]
-        r_b = reducer.stack_r(r_b)
-        _sync(device)
-        ts = time.perf_counter()
-        _, s, vh = canonical_svd(r_b)
-        rc = max(out_rows.n_rows, out_rows.m) * torch.finfo(dtype).eps
-        keep = int((s > rc * s[0]).sum())
-        r = min(rank, keep)
-        if r == 0:
-            raise ValueError("the output Jacobian is zero: the network does not depend on its parameters here")
-        t["basis_svd"] = time.perf_counter() - ts  # part of "basis": the SVD of R_B
-        v = q @ vh[:r].T
-        if scale:
-            v = v / s[:r]
-        del q
-        _sync(device)
-        t["basis"] = time.perf_counter() - tt
-
-        tt = time.perf_counter()
-        rr, f0 = _streamed_r(rows, theta, v, True, budget, itemsize, eng_res)
-        if reducer.any_(not bool(torch.isfinite(f0).all())):  # every process stops, none waits
-            _check_finite(rows, f0)
-            raise FloatingPointError("the residual has NaN or Inf values on another process's points: "
-                                     "check the network and the residual functions there")
-        rr = reducer.stack_r(rr)
-        _sync(device)
-        t["jacobian"] = time.perf_counter() - tt
-
-        tt = time.perf_counter()
-        z, linres, cond = _solve_from_r(rr, r, rcond)
-        z = reducer.agree(z)
-        before = f0.dot(f0).reshape(1)
-        reducer.sum_(before)
-        _sync(device)
-        t["solve"] = time.perf_counter() - tt
-    t["total"] = time.perf_counter() - t0
-    plans = {**{f"outputs/{k}": p.describe() for k, p in eng_out.plans.items()},
-             **{k: p.describe() for k, p in eng_res.plans.items()}}
-    return StepResult(z, v, s, r, float(before.sqrt()), linres, cond, t, plans, (eng_res, eng_out))
-
-
-def _streamed_r(rows: Rows, theta: torch.Tensor, v: torch.Tensor, with_values: bool,
-                budget: int, itemsize: int, engine: StructuredJacobian):
-    """(R factor of [G V | f0] (or of G V without ``with_values``), f0 (n,) or None), the
-    products streamed over row chunks and f0 computed along with the rows; the tall matrix is kept
-    whole when it takes at most a quarter of the budget, else folded by a streaming TSQR."""
-    cols = v.shape[1] + with_values
-    whole = rows.n_rows * cols * itemsize <= budget // 4
-    acc = StreamingR(rows.n_rows if whole else max(2 * cols, budget // (4 * cols * itemsize)))
-    if _fallback(rows, budget, theta, cols):
-        a = jac.apply(rows, theta, v, "matrix_free", budget)
-        f0 = rows.values(theta, check=False) if with_values else None
-        acc.add(torch.cat([a, f0.unsqueeze(1)], 1) if with_values else a)
-        return acc.result(), f0
-    f0 = torch.empty(rows.n_rows, dtype=theta.dtype, device=theta.device) if with_values else None
-    for sl, g, vals in iter_rows_and_values(rows, theta, budget, cols, engine, values=with_values):
-        block = torch.empty(g.shape[0], cols, dtype=theta.dtype, device=theta.device)
-        torch.matmul(g, v, out=block[:, :v.shape[1]])
-        if with_values:
-            block[:, -1] = vals
-            f0[sl] = vals
-        acc.add(block)
-    return acc.result(), f0
-
-
-def _check_finite(rows: Rows, f0: torch.Tensor) -> None:
-    """The FloatingPointError of :meth:`Rows.values` for NaN/Inf residual values, naming the term."""
-    if bool(torch.isfinite(f0).all()):
-        return
-    for name, sl in rows.offsets().items():
-        if not bool(torch.isfinite(f0[sl]).all()):
-            raise FloatingPointError(
-                f"residual term {name!r} has NaN or Inf values at the current parameters: check the "
-                "network's parameters and outputs (a diverged training run?) and the term's residual "
-                "function for divisions by zero or logs of negative numbers")
-
-
-def _solve_from_r(rr: torch.Tensor, r: int, rcond: float | None) -> tuple[torch.Tensor, float, float]:
-    """min_z ||A z + f0|| from R of [A | f0] (A has r columns): truncated SVD of R11."""
-    r11, r12 = rr[:r, :r], rr[:r, r]
-    rho2 = rr[r:, r].pow(2).sum()
-    u, s, vh = canonical_svd(r11)
-    rc = max(rr.shape) * torch.finfo(rr.dtype).eps if rcond is None else rcond
-    k = int((s > rc * s[0]).sum()) if s[0] > 0 else 0
-    c = u[:, :k].T @ r12
-    z = -(vh[:k].T @ (c / s[:k]))
-    lin = (r11 @ z + r12).pow(2).sum() + rho2
-    cond = float(s[0] / s[k - 1]) if k else float("inf")
-    return z, float(lin.sqrt()), cond
-
-
 __all__ = [
     "StructuredJacobian",
     "points_per_chunk",
     "iter_rows",
     "apply",
     "apply_transpose",
-    "Reducer",
-    "StepResult",
-    "lsr_step",
 ]

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from . import engine
+from . import engine as engine_module
 from . import jacobian as jac
 from .residual import Rows
 
@@ -42,13 +42,19 @@ class JacobianOperator:
         theta: the parameters where G is taken.
         mode: "auto", "explicit" or "matrix_free" (see the module docstring).
         memory_budget: bytes for one chunk of rows (default: from free memory).
+        engine: a :class:`pinnlsr.engine.StructuredJacobian` of ``rows`` to reuse (mode "auto"):
+            its term plans are checked once, for any θ.
     """
 
-    def __init__(self, rows: Rows, theta: torch.Tensor, mode: str = "auto", memory_budget: int | None = None):
+    def __init__(self, rows: Rows, theta: torch.Tensor, mode: str = "auto", memory_budget: int | None = None,
+                 engine: "engine_module.StructuredJacobian | None" = None):
         self.rows, self.theta = rows, theta.detach()
         self.mode = check_mode(mode)
         self.memory_budget = memory_budget
-        self.engine = engine.StructuredJacobian(rows, self.theta) if mode == "auto" else None
+        if mode == "auto":
+            self.engine = engine if engine is not None else engine_module.StructuredJacobian(rows, self.theta)
+        else:
+            self.engine = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -70,20 +76,20 @@ class JacobianOperator:
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         """G · v for v (m, l): (n, l)."""
         if self.engine is not None:
-            return engine.apply(self.rows, self.theta, v, self.memory_budget, self.engine)
+            return engine_module.apply(self.rows, self.theta, v, self.memory_budget, self.engine)
         return jac.apply(self.rows, self.theta, v, self.mode, self.memory_budget)
 
     def rmatmul(self, w: torch.Tensor) -> torch.Tensor:
         """Gᵀ · w for w (n, l): (m, l)."""
         if self.engine is not None:
-            return engine.apply_transpose(self.rows, self.theta, w, self.memory_budget, self.engine)
+            return engine_module.apply_transpose(self.rows, self.theta, w, self.memory_budget, self.engine)
         return jac.apply_transpose(self.rows, self.theta, w, self.mode, self.memory_budget)
 
     def row_chunks(self, extra_columns: int = 0) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
         """Yield (row slice, G[slice] (c, m), f[slice] (c,)) over all rows, chunks sized so that
         the rows and ``extra_columns`` numbers per row fit in the budget."""
         if self.engine is not None:
-            yield from engine.iter_rows_and_values(self.rows, self.theta, self.memory_budget, extra_columns,
+            yield from engine_module.iter_rows_and_values(self.rows, self.theta, self.memory_budget, extra_columns,
                                                    self.engine, values=True)
             return
         if self.mode == "matrix_free":

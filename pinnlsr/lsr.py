@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import jacobian as jac
+from .engine import StructuredJacobian
 from .jet_plans import JetLoss
 from .linearize import JacobianOperator, check_mode
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
-from .residual import output_rows, residual_rows
-from .solvers import LeastSquaresSolution, solve
-from .subspace import Basis, full_basis, randomized_basis, svd_basis
+from .qr import Reducer
+from .residual import Rows, output_rows, residual_rows
+from .solvers import DampedLeastSquares, LeastSquaresSolution, no_tf32, solve
+from .streaming import tsqr
+from .subspace import Basis, full_basis, randomized_basis, scaled_directions, sketch_svd, svd_basis
 
 # Up to this many parameters, "auto" with no rank uses the whole parameter space (V = I).
 FULL_SPACE_MAX_PARAMS = 6000
@@ -271,3 +275,74 @@ def lsr(
     diag["seconds"] = timings
     diag["peak_memory_gb"] = _peak_memory_gb(device)
     return LSRResult(refined, sol.z, basis.V, basis, sol, points, diag)
+
+
+# ----------------------------------------------------------------------------------------------
+# The streamed (and sharded) LSR step
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class StepResult:
+    """What :func:`lsr_step` returns. ``V`` (m, r) is the scaled basis, ``z`` (r,) the
+    coefficients, ``linearized_residual`` ||f0 + G V z||; ``engines`` the (residual, output)
+    :class:`~pinnlsr.engine.StructuredJacobian` to reuse at another θ on the same rows."""
+
+    z: torch.Tensor
+    V: torch.Tensor
+    singular_values: torch.Tensor  # of the sketch J·Q, descending
+    rank: int
+    residual_before: float
+    linearized_residual: float
+    cond: float
+    seconds: dict = field(default_factory=dict)
+    plans: dict = field(default_factory=dict)
+    engines: tuple | None = field(default=None, repr=False)
+
+
+def lsr_step(rows: Rows, out_rows: Rows, theta: torch.Tensor, rank: int, oversampling: int = 10,
+             generator: torch.Generator | None = None, omega: torch.Tensor | None = None,
+             memory_budget: int | None = None, rcond: float | None = 1e-14, scale: bool = True,
+             reducer: Reducer | None = None, engines: tuple | None = None) -> StepResult:
+    """One randomized-basis LSR step on the residual ``rows`` with the output Jacobian of
+    ``out_rows``, on jet rows streamed under ``memory_budget``: the sketch of :func:`sketch_svd`
+    (Y = Jᵀ Ω, Q = orth(Y), SVD of the R of J Q → V scaled by 1/σ so J V is orthonormal), the R
+    factor of [G V | -f0] by :func:`pinnlsr.streaming.tsqr` and the truncated SVD of its R11
+    (:class:`pinnlsr.solvers.DampedLeastSquares`) → z. The same sketch, TSQR and solve as
+    :func:`lsr` without its diagnostics; with a ``reducer`` the rows are one process's share and
+    every process gets the z of all rows (:func:`pinnlsr.distributed.lsr_step`).
+
+    ``omega`` (n_out, r + p) is the sketch (drawn from ``generator`` on the CPU when None, like
+    :func:`pinnlsr.subspace.randomized_basis`); ``engines`` = (residual, output) engines of an
+    earlier step on the same rows (``StepResult.engines``) skip the per-term checks ("setup")."""
+    reducer = reducer or Reducer()
+    device = theta.device
+    budget = jac.default_memory_budget(device) if memory_budget is None else int(memory_budget)
+    t = {}
+    t0 = _clock(device)
+    with no_tf32(), torch.no_grad():
+        if engines is not None:
+            eng_res, eng_out = engines
+            if eng_res.rows is not rows or eng_out.rows is not out_rows:
+                raise ValueError("engines were made for other Rows: pass the rows they were built on, or engines=None")
+        else:
+            eng_res, eng_out = StructuredJacobian(rows, theta), StructuredJacobian(out_rows, theta)
+        op_out = JacobianOperator(out_rows, theta, "auto", budget, engine=eng_out)
+        t["setup"] = _clock(device) - t0
+        tt = _clock(device)
+        w, s, _ = sketch_svd(op_out, rank, oversampling, generator=generator, omega=omega, reducer=reducer)
+        rc = max(out_rows.n_rows, out_rows.m) * torch.finfo(theta.dtype).eps
+        v, r = scaled_directions(w, s, rank, scale, rc)
+        t["basis"] = _clock(device) - tt
+        tt = _clock(device)
+        factor = tsqr(rows, theta, v, budget, "auto", reducer=reducer, engine=eng_res)
+        t["jacobian"] = _clock(device) - tt
+        tt = _clock(device)
+        r_aug = factor.R.new_zeros(r + 1, r + 1)
+        r_aug[:r, :r], r_aug[:r, r], r_aug[r, r] = factor.R, factor.c, factor.rho
+        step = DampedLeastSquares.from_factor(r_aug, factor.n_rows, rcond)
+        z = reducer.agree(step.solve(0.0))
+        linres = step.residual_norm(z)
+        t["solve"] = _clock(device) - tt
+    t["total"] = _clock(device) - t0
+    plans = {**{f"outputs/{k}": p.describe() for k, p in eng_out.plans.items()},
+             **{k: p.describe() for k, p in eng_res.plans.items()}}
+    return StepResult(z, v, s, r, factor.b_norm, linres, step.cond, t, plans, (eng_res, eng_out))

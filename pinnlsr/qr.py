@@ -4,6 +4,9 @@ backends, the streamed least squares and the process reductions all take their R
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 
@@ -108,4 +111,18 @@ def canonical_svd(r: torch.Tensor):
     return u * sign.T, s, vh * sign
 
 
-__all__ = ["r_factor", "cholesky_qr", "orthonormalize", "fast_r_factor", "stack_r", "StreamingR", "canonical_svd"]
+@dataclass
+class Reducer:
+    """How per-process partial results are combined (identity for one process; see
+    :mod:`pinnlsr.distributed`): ``sum_`` adds a tensor over processes in place, ``stack_r``
+    turns this process's R factor into the R of all processes' rows, ``agree`` makes every
+    process hold rank 0's tensor, ``any_`` is True on every process when it is on one (a check
+    that must stop every process before the next collective, not one)."""
+
+    sum_: Callable[[torch.Tensor], None] = lambda t: None
+    stack_r: Callable[[torch.Tensor], torch.Tensor] = lambda r: r
+    agree: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    any_: Callable[[bool], bool] = lambda flag: flag
+
+
+__all__ = ["Reducer", "r_factor", "cholesky_qr", "orthonormalize", "fast_r_factor", "stack_r", "StreamingR", "canonical_svd"]

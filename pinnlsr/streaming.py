@@ -23,7 +23,7 @@ import torch
 
 from . import jacobian as jac
 from .linearize import JacobianOperator
-from .qr import StreamingR, r_factor
+from .qr import Reducer, StreamingR, r_factor
 from .residual import Rows
 from .solvers import LeastSquaresSolution, no_tf32, solve
 
@@ -87,26 +87,46 @@ def batch_points(rows: Rows, r: int, memory_budget: int | None, dtype: torch.dty
 
 
 def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | None = None,
-         mode: str = "auto", points_per_batch: int | None = None) -> TriangularFactor:
+         mode: str = "auto", points_per_batch: int | None = None, reducer: Reducer | None = None,
+         engine=None) -> TriangularFactor:
     """Stream the rows of G·V and -f(theta) in batches and reduce them to a :class:`TriangularFactor`.
 
     Args:
         rows: the stacked residual (e.g. from :func:`pinnlsr.residual.residual_rows`), n rows.
         theta: parameters (m,) where G and f are evaluated.
         V: subspace basis (m, r).
-        memory_budget: bytes for one batch (default: from free memory); sets the batch size.
+        memory_budget: bytes for one batch (default: from free memory); sets the batch size, and
+            whether [G V | -f] is kept whole until one QR (at most a quarter of the budget) or
+            folded into R as it comes (a streaming TSQR).
         mode: the backend of the rows of G (see :mod:`pinnlsr.linearize`).
-        points_per_batch: override the batch size (points per batch, per block).
+        points_per_batch: override the batch size (points per batch, per block); folds every batch.
+        reducer: combines the factors of several processes (:mod:`pinnlsr.distributed`): the rows
+            are then this process's share, and the factor is that of all processes' rows.
+        engine: the :class:`pinnlsr.engine.StructuredJacobian` of ``rows`` to reuse (mode "auto").
+
+    NaN or Inf residual values raise a FloatingPointError naming the term, on every process.
     """
     if V.ndim != 2 or V.shape[0] != rows.m:
         raise ValueError(f"tsqr: basis must have shape (m, r) with m = {rows.m} parameters, got {tuple(V.shape)}")
+    reducer = reducer or Reducer()
     r = V.shape[1]
     chunk = points_per_batch or batch_points(rows, r, memory_budget, theta.dtype, theta.device, mode)
     if chunk < 1:
         raise ValueError(f"tsqr: points_per_batch must be >= 1, got {chunk}")
-    acc = StreamingR(buffer_rows=1)  # each batch folded into R at once: memory O(r² + batch)
-    b_sq, n_batches = theta.new_zeros(()), 0  # summed on the device: no host sync per batch
-    engine = JacobianOperator(rows, theta, mode, memory_budget).engine
+    budget = jac.default_memory_budget(theta.device) if memory_budget is None else int(memory_budget)
+    row_bytes = (r + 1) * theta.element_size()
+    if points_per_batch is not None:
+        buffer_rows = 1  # fold every batch
+    elif rows.n_rows * row_bytes <= budget // 4:
+        buffer_rows = rows.n_rows  # one QR of the whole matrix
+    else:
+        buffer_rows = max(2 * (r + 1), budget // (4 * row_bytes))
+    acc = StreamingR(buffer_rows)
+    b_sq = theta.new_zeros(1)  # summed on the device: no host sync per batch
+    finite = {block.name: torch.ones((), dtype=torch.bool, device=theta.device) for block in rows.blocks}
+    n_batches = 0
+    if mode == "auto" and engine is None:
+        engine = JacobianOperator(rows, theta, mode, memory_budget).engine
     with no_tf32():
         for block, _, pts, data in rows.chunks(chunk):
             if engine is not None:  # jet rows with their values
@@ -115,11 +135,23 @@ def tsqr(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | 
             else:
                 sub = Rows([dataclasses.replace(block, points=pts, data=data)], rows.spec, rows.eval_chunk)
                 a = jac.apply(sub, theta, V, mode, memory_budget)  # (c·q, r)
-                b = -sub.values(theta)  # (c·q,)
+                b = -sub.values(theta, check=False)  # (c·q,)
+            finite[block.name] &= torch.isfinite(b).all()
             acc.add(torch.cat([a, b.unsqueeze(1)], 1))
             b_sq += b.dot(b)
             n_batches += 1
-    return TriangularFactor.from_augmented(_square(acc.result()), math.sqrt(float(b_sq)), rows.n_rows, n_batches)
+        bad = [name for name, ok in finite.items() if not bool(ok)]
+        if reducer.any_(bool(bad)):  # every process stops, none waits in the next collective
+            if bad:
+                raise FloatingPointError(
+                    f"residual term {bad[0]!r} has NaN or Inf values at the current parameters: check the "
+                    "network's parameters and outputs (a diverged training run?) and the term's residual "
+                    "function for divisions by zero or logs of negative numbers")
+            raise FloatingPointError("the residual has NaN or Inf values on another process's points: "
+                                     "check the network and the residual functions there")
+        r_aug = _square(reducer.stack_r(_square(acc.result())))
+        reducer.sum_(b_sq)
+    return TriangularFactor.from_augmented(r_aug, math.sqrt(float(b_sq)), rows.n_rows, n_batches)
 
 
 def streaming_lstsq(rows: Rows, theta: torch.Tensor, V: torch.Tensor, memory_budget: int | None = None,

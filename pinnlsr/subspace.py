@@ -25,6 +25,7 @@ import torch
 from . import jacobian as jac
 from .linearize import JacobianOperator
 from .residual import Rows
+from .qr import Reducer, canonical_svd, fast_r_factor, orthonormalize
 from .solvers import no_tf32
 
 
@@ -69,20 +70,34 @@ def svd_basis(rows: Rows, theta: torch.Tensor, rank: int, scale: bool = True,
 
 
 def sketch_svd(op, rank: int, oversampling: int = 10, power_iterations: int = 0,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               generator: torch.Generator | None = None, omega: torch.Tensor | None = None,
+               reducer: Reducer | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Randomized SVD G ≈ U S Wᵀ of a Jacobian operator (Halko, Martinsson & Tropp 2011): Y = Gᵀ Ω
     with a Gaussian Ω of rank + oversampling columns, optional power iterations, Q = orth(Y), then
     the SVD of the small G Q. Returns (W (m, k), S (k,), U (n, k)), k = min(rank + oversampling, m, n).
 
     ``op``: anything with ``shape`` (n, m), ``theta`` (its dtype and device), ``matmul`` (G·V) and
     ``rmatmul`` (Gᵀ·W): :class:`pinnlsr.linearize.JacobianOperator` or the DeepXDE operator of
-    :mod:`pinnlsr.interop.deepxde`. Ω is drawn on the CPU from ``generator`` so the same seed
-    gives the same directions on every device."""
+    :mod:`pinnlsr.interop.deepxde`. Ω is drawn on the CPU from ``generator`` (or given: ``omega``
+    (n, k)) so the same seed gives the same directions on every device.
+
+    With a ``reducer`` (rows shared out over processes, :mod:`pinnlsr.distributed`) Y is summed
+    over processes, Q agreed, and the SVD taken of the R factor of G Q over all processes' rows with
+    a canonical sign per direction (no power iterations); U is then None."""
     n, m = op.shape
-    width = min(rank + oversampling, m, n)
-    omega = torch.randn(n, width, generator=generator, dtype=op.theta.dtype).to(op.theta.device)
+    width = min(rank + oversampling, m, n) if omega is None else omega.shape[1]
+    if omega is None:
+        omega = torch.randn(n, width, generator=generator, dtype=op.theta.dtype)
+    omega = omega.to(op.theta.device)
     with no_tf32():
-        q, _ = torch.linalg.qr(op.rmatmul(omega))  # (m, width)
+        y = op.rmatmul(omega)  # (m, width)
+        if reducer is not None:
+            reducer.sum_(y)
+            q = reducer.agree(orthonormalize(y))
+            r_b = reducer.stack_r(fast_r_factor(op.matmul(q)))
+            _, s, vh = canonical_svd(r_b)
+            return q @ vh.T, s, None
+        q, _ = torch.linalg.qr(y)
         for _ in range(power_iterations):
             zq, _ = torch.linalg.qr(op.matmul(q))  # (n, width)
             q, _ = torch.linalg.qr(op.rmatmul(zq))

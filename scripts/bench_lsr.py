@@ -8,7 +8,7 @@ oversampling 10 (``--size paper``), and a CPU-sized version (``--size cpu``).
 
 One LSR step = sketch Y = Jᵀ Ω, Q = orth(Y), B = J Q, SVD → scaled basis V, A = G V, least squares.
 (a) reference style: ``torch.func`` vjp/jvp over all points, vmapped over chunks of 32 directions
-(as the paper's code), dense SVDs; (b) pinnlsr: :func:`pinnlsr.engine.lsr_step` (jet rows for the
+(as the paper's code), dense SVDs; (b) pinnlsr: :func:`pinnlsr.lsr.lsr_step` (jet rows for the
 MLP, GEMMs over row chunks from a memory budget, QR/TSQR reductions). Both use the same Ω and must
 reach the same linearized residual to 1e-6 relative.
 
@@ -32,7 +32,7 @@ import time
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from pinnlsr import engine
+from pinnlsr.lsr import lsr_step
 from pinnlsr import operators as op
 from pinnlsr.models import MLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
@@ -225,7 +225,7 @@ class PeakMemory:
 def run_pinnlsr(rows, out_rows, theta, rank, omega, budget, engines=None):
     """One pinnlsr step and its peak memory; ``engines`` reuses checked plans (iterative LSR)."""
     with PeakMemory(theta.device) as mem:
-        res = engine.lsr_step(rows, out_rows, theta, rank, omega=omega, memory_budget=budget, engines=engines)
+        res = lsr_step(rows, out_rows, theta, rank, omega=omega, memory_budget=budget, engines=engines)
     return res, mem.peak
 
 
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
 
     # warm-up (kernels, cuBLAS/cuSOLVER handles) at a small rank for both paths
     w_omega = omega[:, :16]
-    warm = engine.lsr_step(rows, out_rows, theta, 8, omega=w_omega, memory_budget=budget)
+    warm = lsr_step(rows, out_rows, theta, 8, omega=w_omega, memory_budget=budget)
     if not args.no_reference:
         small = setup(args.size, dtype, device, scale_n=0.05)
         reference_step(small[0], small[1], small[2], 8, make_omega(small[1], 8, 8, dtype, device))
