@@ -49,7 +49,8 @@ def test_no_import_cycles():
 LAYERS = {
     "base": ["allocator", "io", "checkpoint", "solvers", "qr"],
     "nn": ["models", "deeponet"],
-    "problem": ["geometry", "operators", "problem", "grf", "reference_solvers", "metrics"],
+    "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
+                "operators", "problem", "grf", "reference_solvers", "metrics"],
     "linearize": ["residual", "jacobian", "jets", "jet_plans", "engine", "linearize"],
     "linalg": ["streaming", "subspace"],
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
