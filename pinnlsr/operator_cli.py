@@ -204,6 +204,7 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
                                               xlabel="pretrained", ylabel=f"after {label}").name]
     points = problem.test_points()
     axes = problem.test_axes()
+    names = problem.input_names
     pred0 = predict_operator(net, sensors[:len(models)], points)
     for i, model in enumerate(models):
         before = pred0[i].numpy()
@@ -212,10 +213,11 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
         if len(axes) == 1:
             x = axes[0]
             files.append(plotting.plot_curves_1d(x, {"reference": ref, "pretrained": before, label: after},
-                                                 out / f"instance_{i}.png", title=f"instance {i}").name)
+                                                 out / f"instance_{i}.png", xlabel=names[0],
+                                                 title=f"instance {i}").name)
             files.append(plotting.plot_curves_1d(x, {"pretrained": np.abs(before - ref), label: np.abs(after - ref)},
-                                                 out / f"instance_{i}_error.png", ylabel="|error|", logy=True,
-                                                 title=f"instance {i}: |error|").name)
+                                                 out / f"instance_{i}_error.png", xlabel=names[0], ylabel="|error|",
+                                                 logy=True, title=f"instance {i}: |error|").name)
         else:
             x, t = axes
             shape = (len(t), len(x))
@@ -223,7 +225,7 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
                 files.append(plotting.plot_spacetime_comparison(
                     x, t, pred.reshape(shape), ref.reshape(shape), out / f"instance_{i}_{tag}.png",
                     titles=(f"{tag} prediction", "reference", "|error|"), suptitle=f"{problem.name} instance {i}",
-                    log_error=True).name)
+                    log_error=True, xlabel=names[0], tlabel=names[-1]).name)
     return files
 
 

@@ -174,15 +174,15 @@ def rebuild_report(run_dir: str | os.PathLike) -> list[Path]:
     written, figures = [], []
     if (run / "predictions.npz").is_file():
         points, reference, preds = read_predictions(run)
+        names = tuple(config.get("input_names") or [f"x{i}" for i in range(points.shape[1])])
         if preds and points.shape[1] <= 2:
             last = list(preds)[-1]
             written.append(plotting.plot_comparison(
                 points, preds[last][:, 0], reference[:, 0], run / "comparison.png",
                 titles=(f"{last} prediction", "reference", "|error|"), suptitle=metrics.get("problem"),
-                log_error=True))
+                log_error=True, ax_labels=names))
             figures.append("comparison.png")
         if preds:
-            names = tuple(config.get("input_names") or [f"x{i}" for i in range(points.shape[1])])
             outputs = tuple(config.get("output_names") or [f"u{j}" for j in range(reference.shape[1])])
             written.append(write_fields(run, points, reference, preds, names, outputs))
     if (run / "history.csv").is_file():

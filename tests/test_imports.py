@@ -49,13 +49,14 @@ def test_no_import_cycles():
 LAYERS = {
     "base": ["allocator", "io", "checkpoint", "solvers", "qr"],
     "nn": ["models", "deeponet"],
-    "problem": ["geometry", "operators", "problem", "grf", "reference_solvers", "metrics"],
+    "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
+                "operators", "problem", "grf", "reference_solvers", "metrics"],
     "linearize": ["residual", "jacobian", "jets", "jet_plans", "engine", "linearize"],
     "linalg": ["streaming", "subspace"],
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
     "operators and interop": ["operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
                               "interop.deepxde_operator"],
-    "app": ["runfolder", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
+    "app": ["runfolder", "plotting_fields", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
 }
 
 

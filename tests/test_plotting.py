@@ -9,6 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from pinnlsr import plotting as P
+from pinnlsr.plotting_fields import _FieldLayout
 
 
 # ----------------------------------------------------------------- helpers
@@ -115,18 +116,18 @@ def test_torch_inputs(tmp_path):
 
 
 def test_grid_detection():
-    layout = P._FieldLayout(_grid_points(101))
+    layout = _FieldLayout(_grid_points(101))
     assert layout.is_grid
     assert layout.xs.size == 101 and layout.ys.size == 101
     # shuffled grid is still a grid
     pts = _grid_points(21)
     pts = pts[np.random.default_rng(1).permutation(len(pts))]
-    assert P._FieldLayout(pts).is_grid
+    assert _FieldLayout(pts).is_grid
     # scattered points are not
     rng = np.random.default_rng(0)
-    assert not P._FieldLayout(rng.uniform(-1, 1, (500, 2))).is_grid
+    assert not _FieldLayout(rng.uniform(-1, 1, (500, 2))).is_grid
     # grid with one point missing is not
-    assert not P._FieldLayout(_grid_points(11)[:-1]).is_grid
+    assert not _FieldLayout(_grid_points(11)[:-1]).is_grid
 
 
 def test_field_2d_grid(tmp_path):
@@ -144,8 +145,8 @@ def test_field_2d_scattered(tmp_path):
 @pytest.mark.parametrize("domain_cls", [Annulus, TorchAnnulus])
 def test_field_hole_is_blank_with_domain(domain_cls):
     pts = _annulus_points()
-    with P._style():
-        fig = P._field_figure(pts, _field(pts), domain=domain_cls(0.4))
+    with P.figure_style():
+        fig = P.draw_field_2d(pts, _field(pts), domain=domain_cls(0.4)).figure
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert np.allclose(_pixel_at(fig, ax, (0.0, 0.0)), 1.0, atol=0.02)
@@ -155,8 +156,8 @@ def test_field_hole_is_blank_with_domain(domain_cls):
 
 def test_field_hole_is_blank_without_domain():
     pts = _annulus_points()
-    with P._style():
-        fig = P._field_figure(pts, _field(pts))
+    with P.figure_style():
+        fig = P.draw_field_2d(pts, _field(pts)).figure
     ax = fig.axes[0]
     assert np.allclose(_pixel_at(fig, ax, (0.0, 0.0)), 1.0, atol=0.02)
     assert not np.allclose(_pixel_at(fig, ax, (0.7, 0.7)), 1.0, atol=0.05)
@@ -186,10 +187,10 @@ def test_comparison_three_panels(tmp_path, kind, log_error):
         third = img[:, k * w // 3:(k + 1) * w // 3]
         assert _not_all_white(third)
         assert _n_colors(third) > 30, k
-    with P._style():
-        fig = P._comparison_figure(pts, pred, ref, domain=domain)
-    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 3
-    assert len(fig.axes) == 6  # three colorbars
+    with P.figure_style():
+        fig = P.comparison_figure(pts, pred, ref, domain=domain)
+    assert len(fig.axes) == 3  # the colorbars are insets of their panels
+    assert all(ax.collections[0].colorbar is not None for ax in fig.axes)
 
 
 def test_comparison_1d(tmp_path):
@@ -198,8 +199,8 @@ def test_comparison_1d(tmp_path):
     pred = ref + 1e-3 * np.cos(7 * x[:, 0])
     out = P.plot_comparison(x, pred, ref, tmp_path / "cmp1d.png")
     _check_png(out, min_colors=20)
-    with P._style():
-        fig = P._comparison_figure(x, pred, ref)
+    with P.figure_style():
+        fig = P.comparison_figure(x, pred, ref)
     assert len(fig.axes) == 2
     assert fig.axes[1].get_yscale() == "log"
 
@@ -210,8 +211,8 @@ def test_spacetime(tmp_path):
     U = np.exp(-t[:, None]) * np.sin(np.pi * x[None, :])  # (Nt, Nx)
     out = P.plot_spacetime(x, t, U, tmp_path / "st.png", title="u(x,t)")
     _check_png(out)
-    with P._style():
-        fig = P._spacetime_figure(x, t, U)
+    with P.figure_style():
+        fig = P.draw_spacetime(x, t, U).figure
     ax = fig.axes[0]
     assert ax.get_xlabel() == "x" and ax.get_ylabel() == "t"
     with pytest.raises(ValueError, match="Nt, Nx"):
@@ -238,8 +239,8 @@ def test_histories(tmp_path):
     hists = {"adam": _hist(60, 0.05), "lsr": _hist(20, 0.8)}
     out = P.plot_histories(hists, tmp_path / "h.png", title="conv")
     _check_png(out, min_colors=20)
-    with P._style():
-        fig = P._histories_figure(hists)
+    with P.figure_style():
+        fig = P.histories_figure(hists)
     assert len(fig.axes) == 4
     for ax in fig.axes:
         assert len(ax.get_lines()) == 2
@@ -249,14 +250,14 @@ def test_histories(tmp_path):
 def test_histories_fewer_panels(tmp_path):
     hists = {"adam": _hist(30, 0.1, with_res=False),
              "lsr": _hist(5, 1.0, with_res=False)}
-    with P._style():
-        fig = P._histories_figure(hists)
+    with P.figure_style():
+        fig = P.histories_figure(hists)
     assert len(fig.axes) == 2
     assert all(len(ax.get_lines()) == 2 for ax in fig.axes)
     # only one method has residual: still the residual row, one line
     hists["adam"]["residual"] = [1.0 / (i + 1) for i in range(30)]
-    with P._style():
-        fig = P._histories_figure(hists)
+    with P.figure_style():
+        fig = P.histories_figure(hists)
     assert len(fig.axes) == 4
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2, 1, 1]
     out = P.plot_histories(hists, tmp_path / "h2.png")
@@ -268,8 +269,8 @@ def test_singular_values(tmp_path):
     out = P.plot_singular_values(s, tmp_path / "sv.png", title="spectrum",
                                  sigma_reduced=s[:30] * 0.5)
     _check_png(out, min_colors=20)
-    with P._style():
-        fig = P._singular_values_figure(s, sigma_reduced=s[:30])
+    with P.figure_style():
+        fig = P.draw_singular_values(s, sigma_reduced=s[:30]).figure
     assert len(fig.axes[0].get_lines()) == 2
     assert fig.axes[0].get_yscale() == "log"
 
@@ -279,8 +280,8 @@ def test_error_vs_rank(tmp_path):
     errs = {"train": 1e-1 * np.exp(-ranks / 30.0), "test": 2e-1 * np.exp(-ranks / 40.0)}
     out = P.plot_error_vs_rank(ranks, errs, tmp_path / "r.png", chosen_rank=120)
     _check_png(out, min_colors=20)
-    with P._style():
-        fig = P._error_vs_rank_figure(ranks, errs, chosen_rank=120)
+    with P.figure_style():
+        fig = P.draw_error_vs_rank(ranks, errs, chosen_rank=120).figure
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3  # two curves + vertical line
     assert np.allclose(lines[-1].get_xdata(), 120)
@@ -292,8 +293,8 @@ def test_error_per_instance(tmp_path):
     after = before * 10 ** rng.uniform(-3, -1, 100)
     out = P.plot_error_per_instance(before, after, tmp_path / "inst.png")
     _check_png(out, min_colors=20)
-    with P._style():
-        fig = P._error_per_instance_figure(before, after)
+    with P.figure_style():
+        fig = P.draw_error_per_instance(before, after).figure
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
 
@@ -334,3 +335,82 @@ def test_draw_safely_returns_the_figure_or_warns(capsys):
 
     assert draw_safely(broken) is None
     assert "figure not written: RuntimeError: no display" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- composing, labels, colorbars
+
+def _heights(fig):
+    """(panel height, colorbar height) in pixels for each panel with a colorbar, after drawing."""
+    fig.canvas.draw()
+    return [(ax.get_window_extent().height, im.colorbar.ax.get_window_extent().height)
+            for ax in fig.axes for im in ax.collections if im.colorbar is not None]
+
+
+def test_builders_draw_into_the_axes_they_are_given():
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    matplotlib.backends.backend_agg.FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    pts = _grid_points(31)
+    assert P.draw_field_2d(pts, _field(pts), title="u", ax=left) is left
+    x = np.linspace(0, 1, 50)
+    assert P.draw_curves_1d(x, {"a": x, "b": x ** 2}, ax=right) is right
+    assert len(left.collections) == 1 and len(right.get_lines()) == 2
+    assert fig.axes == [left, right] and left.collections[0].colorbar is not None
+    # several panels into a grid the caller made: before and after rows of one figure
+    grid = Figure(figsize=(15, 8), layout="constrained").subplots(2, 3)
+    ref = _field(pts)
+    for row, noise in zip(grid, (1e-2, 1e-5)):
+        assert P.comparison_figure(pts, ref + noise, ref, axes=row, log_error=True) is grid[0, 0].figure
+    assert all(len(ax.collections) == 1 for ax in grid.ravel())
+    with pytest.raises(ValueError, match="3 Axes"):
+        P.comparison_figure(pts, ref, ref, axes=grid[0, :2])
+
+
+def test_axis_labels_name_the_inputs_and_space_keeps_its_aspect():
+    x, t = np.linspace(-1, 1, 41), np.linspace(0, 1, 21)
+    pts = np.array([[a, b] for a in x for b in t])
+    u = np.sin(np.pi * pts[:, 0]) * np.exp(-pts[:, 1])
+    fig = P.comparison_figure(pts, u + 1e-3, u, ax_labels=("x", "t"))
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes] == [("x", "t")] * 3
+    assert all(ax.get_aspect() == "auto" for ax in fig.axes)  # time is not stretched to space units
+    ax = P.draw_field_2d(pts, u, ax_labels=("x", "y"))
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "y") and ax.get_aspect() == 1.0
+    ax = P.comparison_figure(x, np.sin(x) + 1e-3, np.sin(x), ax_labels=("r",)).axes[1]
+    assert ax.get_xlabel() == "r"
+
+
+def test_run_folder_comparison_is_labelled_with_the_problem_inputs(tmp_path, monkeypatch):
+    import json
+
+    from pinnlsr.report import rebuild_report
+
+    x, t = np.linspace(-1, 1, 16), np.linspace(0, 1, 8)
+    pts = np.array([[a, b] for a in x for b in t])
+    ref = (np.sin(np.pi * pts[:, 0]) * (1 - pts[:, 1]))[:, None]
+    np.savez(tmp_path / "predictions.npz", points=pts, reference=ref, pred_lsr=ref + 1e-4)
+    (tmp_path / "metrics.json").write_text(json.dumps({"problem": "burgers1d", "stages": [{"name": "lsr"}]}))
+    (tmp_path / "config.json").write_text(json.dumps({"input_names": ["x", "t"], "output_names": ["u"]}))
+    built = []
+    original = P.comparison_figure
+    monkeypatch.setattr(P, "comparison_figure", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    rebuild_report(tmp_path)
+    assert (tmp_path / "comparison.png").is_file() and len(built) == 1
+    assert {(ax.get_xlabel(), ax.get_ylabel()) for ax in built[0].axes} == {("x", "t")}
+
+
+@pytest.mark.parametrize("shape", [(2.0, 1.0), (1.0, 3.0)])
+def test_colorbars_are_as_tall_as_their_panels(shape):
+    g = np.linspace(0, 1, 41)
+    pts = np.array([[shape[0] * a, shape[1] * b] for a in g for b in g])  # a wide or a tall domain
+    u = _field(pts)
+    figures = [P.draw_field_2d(pts, u).figure, P.comparison_figure(pts, u + 1e-3, u),
+               P.draw_spacetime(g, g, np.outer(g, g)).figure]
+    fig = Figure(figsize=(9, 3), layout="constrained")
+    matplotlib.backends.backend_agg.FigureCanvasAgg(fig)
+    for ax in fig.subplots(1, 2):
+        P.draw_field_2d(pts, u, ax=ax)
+    for f in figures + [fig]:
+        heights = _heights(f)
+        assert heights, "no colorbar drawn"
+        for panel, bar in heights:
+            assert bar == pytest.approx(panel, rel=0.03)
