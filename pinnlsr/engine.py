@@ -30,7 +30,7 @@ from torch.func import jacrev, vmap
 
 from . import jacobian as jac
 from .jet_plans import JetPlan, block_jets, plan_block, residual_of_jet
-from .jets import jet_network
+from .jet_models import jet_network
 from .residual import Block, Rows
 from .solvers import no_tf32
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.func import grad_and_value, jacrev, vmap
 
-from .jets import (Channels, JetNetwork, LinearizedJets, ShiftedJets, TaylorJet, all_pairs, evaluation_offsets,
-                   jet_network, probe_indices)
+from .jet_models import LinearizedJets, ShiftedJets, jet_network
+from .jets import Channels, JetNetwork, TaylorJet, all_pairs, evaluation_offsets, probe_indices
 from .models import ParamSpec
 from .residual import Block, Rows, point_function
 

@@ -51,7 +51,7 @@ LAYERS = {
     "nn": ["models", "deeponet"],
     "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
                 "operators", "problem", "grf", "reference_solvers", "metrics"],
-    "linearize": ["residual", "jacobian", "jets", "jet_plans", "engine", "linearize"],
+    "linearize": ["residual", "jacobian", "jets", "jet_models", "jet_plans", "engine", "linearize"],
     "linalg": ["streaming", "subspace"],
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
     "operators and interop": ["operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
