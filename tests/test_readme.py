@@ -19,3 +19,10 @@ def test_readme_gives_the_two_commands():
     text = README.read_text()
     assert "python -m problems.poisson2d --out runs/poisson2d" in text
     assert "python -m pytest -q tests" in text
+
+
+def test_readme_is_a_short_guide():
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move results and details to docs/"
