@@ -11,7 +11,11 @@ solution at the requested points. Every solver converges under refinement (tests
 - :func:`advection`: s_t + f(x) s_x = 0, f > 0, s(x,0) = sin(πx), s(0,t) = sin(πt/2); exact
   characteristics with the travel time τ(x) = ∫_0^x 1/f by the trapezoid rule, O(h²);
 - :func:`burgers`: s_t + s s_x = ν s_xx periodic on [0, 1), s(x,0) = f(x); Fourier pseudo-spectral in
-  x (2/3 dealiasing) with integrating-factor RK4 in time.
+  x (2/3 dealiasing) with integrating-factor RK4 in time;
+- :func:`burgers_hopf_cole`: the exact solution of u_t + u u_x = ν u_xx, u(x, 0) = -sin(πx) on
+  [-1, 1] (the burgers1d benchmark) by the Hopf–Cole transform, its Gaussian convolution integral
+  evaluated by the trapezoid rule in log-space (exponentially convergent; 1e-15 between 40,001 and
+  80,001 nodes). It checks ``deepxde/Burgers.npz`` to 3e-12 rel. L2.
 """
 from __future__ import annotations
 
@@ -171,4 +175,28 @@ def burgers(f: Function, x: np.ndarray, t: np.ndarray, n: int = 512, nu: float =
     basis = np.exp(2j * math.pi * np.outer(x, ks))  # (Nx, K)
     for i in range(len(t)):
         out[i] = (basis @ (w * snapshots[i])).real / n
+    return out
+
+
+def burgers_hopf_cole(x: np.ndarray, t: float, nu: float = 0.01 / math.pi, nodes: int = 40001,
+                      half_width: float = 3.0, chunk: int = 64) -> np.ndarray:
+    """u(x, t) (len(x),) of u_t + u u_x = ν u_xx, u(x, 0) = -sin(πx), u(±1, t) = 0 (exact).
+
+    Hopf–Cole: u = -∫ sin(π(x-η)) F(x-η) G(η) dη / ∫ F(x-η) G(η) dη with F(y) = exp(-cos(πy)/(2πν))
+    and the heat kernel G(η) = exp(-η²/(4νt)); the integrands span e^{±1/(2πν)}, so they are scaled
+    by their largest exponent per point (log-sum-exp) and summed by the trapezoid rule on
+    ``nodes`` points of [-half_width, half_width] (the kernel is below e^{-700} beyond)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if t == 0:
+        return -np.sin(math.pi * x)
+    if t < 0 or nu <= 0:
+        raise ValueError(f"burgers_hopf_cole: need t >= 0 and nu > 0, got t={t}, nu={nu}")
+    eta = np.linspace(-half_width, half_width, nodes)
+    kernel = -eta**2 / (4 * nu * t)
+    out = np.empty_like(x)
+    for i in range(0, len(x), chunk):
+        y = x[i:i + chunk, None] - eta  # (c, nodes)
+        phi = -np.cos(math.pi * y) / (2 * math.pi * nu) + kernel
+        w = np.exp(phi - phi.max(axis=1, keepdims=True))
+        out[i:i + chunk] = -(np.sin(math.pi * y) * w).sum(axis=1) / w.sum(axis=1)
     return out
