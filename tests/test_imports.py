@@ -54,7 +54,7 @@ LAYERS = {
     "linalg": ["streaming", "subspace"],
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
     "operators and interop": ["operator_learning", "interop", "interop.deepxde", "interop.deepxde_operator"],
-    "app": ["runfolder", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
+    "app": ["settings", "runfolder", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
 }
 
 
