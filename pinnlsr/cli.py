@@ -75,17 +75,20 @@ def _run(args, rest: list[str]) -> int:
 
 
 def _compare(args) -> int:
-    from .compare import FULL, QUICK, compare_methods, plot, table
+    from .compare import FULL, QUICK, QUICK_POINT_FRACTION, compare_methods, plot, table
     from .io import atomic_write_json, atomic_write_text
+    from .settings import device_and_dtype
 
     modules = problem_modules()
     if args.name not in modules:
         print(f"error: unknown problem {args.name!r}; `pinnlsr list` shows the problems", file=sys.stderr)
         return 2
     problem = modules[args.name].PROBLEM()
+    device, dtype = device_and_dtype(args)
     if args.out is not None:
         check_writable(args.out)
-    result = compare_methods(problem, QUICK if args.quick else FULL, args.seed)
+    result = compare_methods(problem, QUICK if args.quick else FULL, args.seed, dtype=dtype, device=device,
+                             point_fraction=QUICK_POINT_FRACTION if args.quick else None)
     text = table([result])
     print(text)
     if args.out is not None:
@@ -112,7 +115,7 @@ def _report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runner import Parser
+    from .settings import Parser, add_device_options
 
     parser = Parser(
         prog="pinnlsr",
@@ -129,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=out_path, default=None,
                          help="folder for compare.json, compare.md and compare.png")
     compare.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
+    add_device_options(compare)
     compare.add_argument("--quick", action="store_true", help="smoke-sized run (few steps, 3%% of the points)")
     report = sub.add_parser("report", help="rebuild figures and summary.md of a run folder from its files")
     report.add_argument("run_dir", help="folder written by a run with --out")

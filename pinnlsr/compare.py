@@ -7,6 +7,7 @@ Adam and L-BFGS are then continued for at least the wall time that L-BFGS + ILSR
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,18 +18,23 @@ from .lsr import lsr
 from .marching import refine_from_points
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
+from .settings import RunSettings, last_window_options
 from .train import train_adam, train_lbfgs
 
-FULL = dict(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, outer=8, gn_iters=10,
-            align_iterations=300, rank=None)
-QUICK = dict(adam_steps=100, lbfgs_steps=5, lr=3e-3, final_lr=1e-4, outer=1, gn_iters=2, align_iterations=5,
-             rank=None, points=0.03)
+FULL = RunSettings(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, ilsr_outer=8, ilsr_gn_iters=10,
+                   align_iterations=300)
+QUICK = RunSettings(adam_steps=100, lbfgs_steps=5, lr=3e-3, final_lr=1e-4, ilsr_outer=1, ilsr_gn_iters=2,
+                    align_iterations=5)
+QUICK_POINT_FRACTION = 0.03  # of every term's default point count, with QUICK
 PROBES = 20  # convergence-history points per training phase
 
 
 def probe(problem, model, points) -> dict:
-    """Residual at ``points`` and errors against the reference of the current ``model``."""
-    return {"residual": residual_norm(problem, model, points), **model_errors(problem, model, torch.float64, "cpu")}
+    """Residual at ``points`` and errors against the reference of the current ``model`` (in its
+    dtype, on its device)."""
+    like = next(iter(model.parameters()))
+    return {"residual": residual_norm(problem, model, points),
+            **model_errors(problem, model, like.dtype, like.device)}
 
 
 def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log_every, max_seconds=None, **kw):
@@ -50,40 +56,44 @@ def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log
     return hist, seconds
 
 
-def compare_methods(problem, cfg: dict, seed: int, predictions: dict | None = None) -> dict:
+def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict | None = None, *,
+                    point_fraction: float | None = None, dtype: torch.dtype = torch.float64,
+                    device: str | torch.device = "cpu") -> dict:
     """Adam, Adam + L-BFGS, one-shot LSR and Iterative LSR on one problem (see the module docstring).
 
-    ``cfg`` has adam_steps, lr, final_lr (Adam's exponential schedule), lbfgs_steps, outer,
-    gn_iters, align_iterations, rank and optionally points (a fraction of every term's default
-    point count), damping (initial Gauss–Newton damping, default 1e-20) and warm_start (of the
-    ILSR alignment, default False) and time_windows (window ends for time-marching ILSR, see
-    :func:`~pinnlsr.marching.time_marching_lsr`; ``outer`` is then per window) with last_window
-    (the last window's own rank, outer_iterations, counts). Returns
-    {"problem", "n_params", "n_points", "config", "methods": {name: {rel_l2, residual, seconds,
-    history: [...]}}, "ratio_baseline_over_ilsr"}. A dict passed as ``predictions`` receives each
-    method's final outputs at the reference points ({method: (N, k) array}; "points" and
-    "reference" too), for :func:`~pinnlsr.report.write_predictions`."""
-    name = problem.name
-    if cfg.get("points"):
-        counts = {t.name: max(8, int(t.n_points * cfg["points"])) for t in problem.terms() if t.n_points}
+    ``settings`` gives Adam (adam_steps, lr, final_lr: exponential schedule), lbfgs_steps, the LSR
+    step (rank, subspace, oversampling, power_iterations, solver, rcond, tikhonov) and the ILSR
+    stage (ilsr_outer, ilsr_gn_iters, gn_damping, align_iterations, dtau, align_warm_start; with
+    time_windows it marches over them, :func:`~pinnlsr.marching.time_marching_lsr`, ilsr_outer per
+    window, and last_window_* set the last one). Points: ``settings.points`` or, with
+    ``point_fraction``, that fraction of every term's default count. Network and points in
+    ``dtype`` on ``device``. Returns {"problem", "n_params", "n_points", "config", "methods":
+    {name: {rel_l2, residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}. A dict passed
+    as ``predictions`` receives each method's final outputs at the reference points ({method: (N, k)
+    array}; "points" and "reference" too), for :func:`~pinnlsr.report.write_predictions`."""
+    name, s = problem.name, settings
+    if point_fraction:
+        counts = {t.name: max(8, int(t.n_points * point_fraction)) for t in problem.terms() if t.n_points}
     else:
-        counts = None
+        counts = dict(s.points) if s.points else None
     gen = torch.Generator().manual_seed(seed)
-    model = problem.default_model(gen)
-    points = problem.sample_points(gen, counts=counts)
-    ref = reference_on(problem, torch.float64, "cpu") if predictions is not None else None
+    model = problem.default_model(gen, dtype, device)
+    points = problem.sample_points(gen, dtype, device, counts)
+    ref = reference_on(problem, dtype, device) if predictions is not None else None
     if ref is not None:
-        predictions.update(points=ref[0].numpy(), reference=ref[1].numpy())
+        predictions.update(points=ref[0].cpu().numpy(), reference=ref[1].cpu().numpy())
 
     def keep(method: str, predictor) -> None:
         if ref is not None:
-            predictions[method] = predict(predictor, ref[0]).numpy()
-    out = {"problem": name, "n_params": ParamSpec.of(model).numel, "config": dict(cfg),
+            predictions[method] = predict(predictor, ref[0]).cpu().numpy()
+    config = {**dataclasses.asdict(s), "point_fraction": point_fraction, "dtype": str(dtype).removeprefix("torch."),
+              "device": str(device)}
+    out = {"problem": name, "n_params": ParamSpec.of(model).numel, "config": config,
            "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "methods": {}}
-    n_adam, n_lbfgs = cfg["adam_steps"], cfg["lbfgs_steps"]
+    n_adam, n_lbfgs = s.adam_steps, s.lbfgs_steps
     hist = [{"iteration": 0, "seconds": 0.0, **probe(problem, model, points)}]
     adam_hist, adam_s = timed_training("adam", problem, model, points, n_adam, 0.0, 0,
-                                       max(1, n_adam // PROBES), lr=cfg["lr"], final_lr=cfg["final_lr"])
+                                       max(1, n_adam // PROBES), lr=s.lr, final_lr=s.final_lr)
     adam_state = ParamSpec.of(model).flatten(model).clone()
     out["methods"]["adam"] = {"history": hist + adam_hist, "seconds": adam_s, **adam_hist[-1]}
     keep("adam", model)
@@ -96,7 +106,10 @@ def compare_methods(problem, cfg: dict, seed: int, predictions: dict | None = No
     lbfgs_state = ParamSpec.of(model).flatten(model).clone()
     base = adam_s + lb_s
 
-    r = lsr(problem, model, points=points, rank=cfg["rank"], seed=seed)
+    subspace = dict(rank=s.rank, subspace=s.subspace, oversampling=s.oversampling, power_iterations=s.power_iterations,
+                    rcond=s.rcond, seed=seed, dtype=dtype, device=device,
+                    memory_budget=None if s.memory_budget_gb is None else int(s.memory_budget_gb * 2**30))
+    r = lsr(problem, model, points=points, solver=s.solver, tikhonov=s.tikhonov, **subspace)
     d = r.diagnostics
     out["methods"]["lsr"] = {"rel_l2": d.get("rel_l2_after"), "max_abs_err": d.get("max_abs_err_after"),
                              "residual": d["residual_after"], "seconds": base + d["seconds"]["total"],
@@ -106,11 +119,10 @@ def compare_methods(problem, cfg: dict, seed: int, predictions: dict | None = No
                                           "residual": d["residual_after"], "rel_l2": d.get("rel_l2_after")}]}
     keep("lsr", r.model)
     t = time.perf_counter()
-    options = dict(outer_iterations=cfg["outer"], rank=cfg["rank"], gn_iterations=cfg["gn_iters"],
-                   align_iterations=cfg["align_iterations"], seed=seed, damping=cfg.get("damping", 1e-20),
-                   warm_start=cfg.get("warm_start", False))
-    res = refine_from_points(problem, model, points, time_windows=cfg.get("time_windows"),
-                             last_window=cfg.get("last_window"), **options)
+    res = refine_from_points(problem, model, points, time_windows=s.time_windows, last_window=last_window_options(s),
+                             outer_iterations=s.ilsr_outer, gn_iterations=s.ilsr_gn_iters, damping=s.gn_damping,
+                             align_iterations=s.align_iterations, dtau=s.dtau, warm_start=s.align_warm_start,
+                             **subspace)
     ilsr_s = time.perf_counter() - t
     ih, offset, window, last = [], 0.0, None, 0.0
     for h in res.history:
@@ -133,7 +145,7 @@ def compare_methods(problem, cfg: dict, seed: int, predictions: dict | None = No
     extra = lb_s + ilsr_s
     h, s = timed_training("adam", problem, model, points, 10**9, adam_s, n_adam,
                           max(1, int(rate * extra / PROBES)), max_seconds=extra,
-                          lr=cfg["final_lr"] or cfg["lr"], final_lr=None)
+                          lr=s.final_lr or s.lr, final_lr=None)
     out["methods"]["adam_long"] = {"history": h, "seconds": adam_s + s, **h[-1]}
     keep("adam_long", model)
     spec.assign(model, lbfgs_state)

@@ -4,7 +4,8 @@ Pretrain a physics-informed DeepONet (or load ``--checkpoint``), evaluate it on 
 input functions, choose the LSR rank by a scan on a few other functions (unless ``--rank``), refine
 every test function by LSR, print the table and, with ``--out DIR``, write ``metrics.json`` (stages
 ``pretrained`` and ``lsr`` with rel_l2_mean, rel_l2_std, n_instances, seconds_per_instance),
-``model.pt`` and figures.
+``model.pt`` and figures. The network, sensors and points live in ``--dtype`` on ``--device`` (input
+functions are sampled and their references computed on the CPU); metrics.json names both.
 """
 from __future__ import annotations
 
@@ -20,50 +21,44 @@ from . import checkpoint as ckpt
 from . import runfolder
 from .io import atomic_write_json
 from .metrics import predict
-from .runner import Parser, run_guarded
+from .runner import run_guarded
+from .settings import (OperatorSettings, Parser, add_alias, add_device_options, add_settings, device_and_dtype, option,
+                       parse_counts)
 from .operator_learning import (OperatorProblem, predict_operator, rank_scan, refine_instances,
                                 relative_errors, summarize, train_pideeponet)
 
 
-def build_parser(problem: OperatorProblem, defaults: dict, prog: str | None) -> argparse.ArgumentParser:
+def build_parser(problem: OperatorProblem, defaults: OperatorSettings | dict | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options of an operator problem: run options and the settings
+    (:class:`~pinnlsr.settings.OperatorSettings`) with ``defaults`` (the problem's DEFAULTS)."""
     p = Parser(
         prog=prog or f"python -m problems.{problem.name}",
         description=f"{problem.name}: {problem.description}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, functions, points and sketches")
+    add_device_options(p)
     runfolder.add_options(p, help_out="output folder for metrics.json, model.pt, figures")
     p.add_argument("--checkpoint", type=Path, default=None, help="load this DeepONet state_dict instead of pretraining")
-    p.add_argument("--widths", type=int, nargs="+", default=list(defaults["widths"]), help="hidden widths of branch and trunk")
-    p.add_argument("--latent", type=int, default=defaults["latent"], help="latent size p of the dot-product head")
-    p.add_argument("--n-train", type=int, default=defaults["n_train"], help="training input functions")
-    p.add_argument("--steps", type=int, default=defaults["steps"], help="Adam steps of physics-informed pretraining")
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="input functions per Adam step")
-    p.add_argument("--lr", type=float, default=defaults["lr"], help="initial learning rate")
-    p.add_argument("--final-lr", type=float, default=defaults["final_lr"], help="final learning rate (exponential decay)")
-    p.add_argument("--n-test", type=int, default=defaults.get("n_test", 100), help="test input functions refined by LSR")
-    p.add_argument("--rank", type=int, default=None, help="LSR rank (default: chosen by a rank scan)")
     p.add_argument("--scan-ranks", type=int, nargs="+", default=list(problem.scan_ranks), help="ranks of the scan")
-    p.add_argument("--scan-instances", type=int, default=3, help="input functions of the rank scan")
-    p.add_argument("--lsr-points", nargs="*", default=[], metavar="TERM=N",
-                   help="LSR points per term (defaults: " + ", ".join(f"{t.name}={t.n_lsr}" for t in problem.terms()) + ")")
-    p.add_argument("--power-iterations", type=int, default=0, help="power iterations of the randomized range finder")
-    p.add_argument("--gauss-newton", type=int, default=defaults.get("gauss_newton", 0), metavar="K",
-                   help="after one-shot LSR, up to K tangent Gauss–Newton iterations per instance (nonlinear "
-                        "PDEs), a 'gauss_newton' stage; 0: one-shot LSR only")
     p.add_argument("--verbose", action="store_true", help="print every instance")
     p.add_argument("--no-plot", action="store_true", help="skip figures")
+    terms = ", ".join(f"{t.name}={t.n_lsr}" for t in problem.terms())
+    add_settings(p.add_argument_group("settings"), OperatorSettings.of(defaults), notes={"points": f"terms: {terms}"})
+    add_alias(p, "--steps", "--adam-steps", type=int)
+    add_alias(p, "--gauss-newton", "--gn-iters", type=int)
+    add_alias(p, "--lsr-points", "--points", nargs="*")
     return p
 
 
 def _counts(items: list[str], problem: OperatorProblem) -> dict[str, int]:
+    """{term: n} of ``--points``; a ValueError names a malformed item or an unknown term."""
+    counts = parse_counts(items)
     names = [t.name for t in problem.terms()]
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in names or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--lsr-points expects TERM=N with TERM in {names} and N >= 1, got {item!r}")
-        out[name] = int(value)
-    return out
+    unknown = sorted(set(counts) - set(names))
+    if unknown:
+        raise ValueError(f"--points names unknown terms {unknown}; the terms are {names}")
+    return counts
 
 
 def check_options(args) -> None:
@@ -71,24 +66,25 @@ def check_options(args) -> None:
     for name in ("latent", "n_train", "batch_size", "n_test", "scan_instances", "rank"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("steps", "power_iterations", "gauss_newton"):
+            raise ValueError(f"{option(name)} must be >= 1, got {v}")
+    for name in ("adam_steps", "power_iterations", "gn_iters"):
         if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+            raise ValueError(f"{option(name)} must be >= 0, got {getattr(args, name)}")
     for name in ("lr", "final_lr"):
         if not 0 < getattr(args, name) < float("inf"):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
+            raise ValueError(f"{option(name)} must be a finite number > 0, got {getattr(args, name)}")
     if min(args.widths) < 1 or min(args.scan_ranks) < 1:
         raise ValueError("--widths and --scan-ranks must be positive integers")
 
 
 def run(problem: OperatorProblem, args) -> dict:
     check_options(args)
-    counts = _counts(args.lsr_points, problem)
+    device, dtype = device_and_dtype(args)
+    counts = _counts(args.points, problem)
     runfolder.check(args.out, args.overwrite)
     runfolder.clear(args.out, keep_checkpoints=False)
     torch.manual_seed(args.seed)
-    net = problem.default_deeponet(torch.Generator().manual_seed(args.seed), widths=tuple(args.widths),
+    net = problem.default_deeponet(torch.Generator().manual_seed(args.seed), dtype, device, widths=tuple(args.widths),
                                    latent=args.latent)
     n_params = sum(p.numel() for p in net.parameters())
     print(f"{problem.name}: DeepONet branch/trunk {list(args.widths)}, latent {args.latent}, {n_params} parameters")
@@ -99,9 +95,9 @@ def run(problem: OperatorProblem, args) -> dict:
         train_seconds = 0.0
     else:
         train_fns = problem.sample_functions(args.n_train, torch.Generator().manual_seed(args.seed + 1))
-        print(f"pretraining: {args.steps} Adam steps, {args.batch_size} of {args.n_train} functions per step")
-        hist = train_pideeponet(problem, net, train_fns, args.steps, args.batch_size, args.lr, args.final_lr,
-                                torch.Generator().manual_seed(args.seed + 2), log_every=max(1, args.steps // 10))
+        print(f"pretraining: {args.adam_steps} Adam steps, {args.batch_size} of {args.n_train} functions per step")
+        hist = train_pideeponet(problem, net, train_fns, args.adam_steps, args.batch_size, args.lr, args.final_lr,
+                                torch.Generator().manual_seed(args.seed + 2), log_every=max(1, args.adam_steps // 10))
         train_seconds = hist.seconds
         if args.out:
             ckpt.save_state_dict(net, Path(args.out) / "model.pt")
@@ -112,7 +108,7 @@ def run(problem: OperatorProblem, args) -> dict:
     sensors = problem.check_sensors(problem.sensors(test))
     points = problem.test_points()
     t = time.perf_counter()
-    pred0 = predict_operator(net, sensors, points)
+    pred0 = predict_operator(net, sensors, points).cpu()
     eval_seconds = (time.perf_counter() - t) / len(test)
     err0 = relative_errors(pred0, refs).numpy()
     m0, s0 = summarize(err0)
@@ -126,13 +122,13 @@ def run(problem: OperatorProblem, args) -> dict:
     if rank is None:
         scan_fns = problem.sample_functions(args.scan_instances, torch.Generator().manual_seed(args.seed + 4))
         rank, scan = rank_scan(problem, net, scan_fns, args.scan_ranks, args.seed, counts=counts,
-                               power_iterations=args.power_iterations)
-    gn = args.gauss_newton
+                               power_iterations=args.power_iterations, dtype=dtype)
+    gn = args.gn_iters
     print(f"LSR: rank {rank}, randomized subspace, {len(test)} instances"
           + (f", then up to {gn} tangent Gauss–Newton iterations each" if gn else ""))
     out = refine_instances(problem, net, test, refs, rank, args.seed, counts, keep_models=3,
                            printer=print if args.verbose else None, gauss_newton=gn,
-                           power_iterations=args.power_iterations)
+                           power_iterations=args.power_iterations, dtype=dtype)
     inst = out["instances"]
     mean = lambda key: float(np.mean([r[key] for r in inst]))
     peak = float(max(r["peak_memory_gb"] for r in inst))
@@ -170,9 +166,11 @@ def run(problem: OperatorProblem, args) -> dict:
               f"{st['seconds_per_instance']:>12.3f}")
     print(f"reduction: mean {m0 / m1:.1f}x, median per instance {np.median(err0 / err1):.1f}x; "
           f"peak memory {stages[-1]['peak_memory_gb']:.2f} GB")
-    metrics = {"problem": problem.name, "seed": args.seed, "device": "cpu", "dtype": "float64",
+    like = next(net.parameters())  # where the network ran
+    metrics = {"problem": problem.name, "seed": args.seed, "device": str(like.device),
+               "dtype": str(like.dtype).removeprefix("torch."),
                "n_params": n_params, "sizes": {"widths": list(args.widths), "latent": args.latent,
-                                               "n_train": args.n_train, "steps": args.steps,
+                                               "n_train": args.n_train, "steps": args.adam_steps,
                                                "batch_size": args.batch_size, "n_sensors": problem.n_sensors,
                                                "lsr_points": {t.name: counts.get(t.name, t.n_lsr) for t in problem.terms()},
                                                "test_points": int(points.shape[0])},
@@ -205,10 +203,11 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
     points = problem.test_points()
     axes = problem.test_axes()
     names = problem.input_names
-    pred0 = predict_operator(net, sensors[:len(models)], points)
+    pred0 = predict_operator(net, sensors[:len(models)], points).cpu()
     for i, model in enumerate(models):
         before = pred0[i].numpy()
-        after = predict(model, points)[:, 0].numpy()
+        like = next(iter(model.state_dict().values()))  # the refined predictor's dtype and device
+        after = predict(model, points.to(dtype=like.dtype, device=like.device))[:, 0].cpu().numpy()
         ref = refs[i].numpy()
         if len(axes) == 1:
             x = axes[0]
@@ -230,9 +229,9 @@ def plot_instances(problem, test, sensors, refs, net, models, err0, err1, out: P
 
 
 def run_operator_cli(problem_factory: Callable[[], OperatorProblem], argv=None, prog=None,
-                     defaults: dict | None = None) -> int:
+                     defaults: OperatorSettings | dict | None = None) -> int:
     """Entry point of an operator problem module; exit code 0 on success, 2 on bad input, 130 on Ctrl-C."""
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     problem = problem_factory()
-    args = build_parser(problem, defaults or {}, prog).parse_args(argv)
-    return run_guarded(run, problem, args)[0]
+    code, parser = run_guarded(build_parser, problem, defaults, prog)
+    return code or run_guarded(run, problem, parser.parse_args(argv))[0]

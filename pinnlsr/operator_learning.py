@@ -176,15 +176,18 @@ def physics_loss(problem: OperatorProblem, net: DeepONet, functions: FunctionBat
                  generator: torch.Generator, sensors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Σ_t w_t mean r_t² over all ``functions`` with fresh points (n_train per function per term).
 
+    Points are drawn (and ``functions`` evaluated) on the CPU, then moved to the network's device.
     Returns (loss, {term: float mean r_t²})."""
-    dtype = next(net.parameters()).dtype
+    like = next(net.parameters())
+    on_net = dict(dtype=like.dtype, device=like.device)
     sensors = problem.sensors(functions) if sensors is None else sensors
-    feats = net.branch_features(sensors.to(dtype))  # (B, p, k)
+    feats = net.branch_features(sensors.to(**on_net))  # (B, p, k)
     B = feats.shape[0]
     total, parts = 0.0, {}
     for t in problem.terms():
-        pts = torch.stack([t.sample(t.n_train, generator) for _ in range(B)]).to(dtype)  # (B, P, d)
-        y = functions(pts[..., 0].to(functions.values.dtype)).to(dtype).unsqueeze(-1)  # (B, P, 1)
+        pts = torch.stack([t.sample(t.n_train, generator) for _ in range(B)]).to(like.dtype)  # (B, P, d)
+        y = functions(pts[..., 0].to(functions.values.dtype)).to(**on_net).unsqueeze(-1)  # (B, P, 1)
+        pts = pts.to(like.device)
         P = pts.shape[1]
         b = feats.unsqueeze(1).expand(B, P, *feats.shape[1:]).reshape(B * P, *feats.shape[1:])
         r = vmap(_point_residual(net, t.residual))(b, pts.reshape(B * P, -1), y.reshape(B * P, 1))
@@ -210,7 +213,8 @@ def train_pideeponet(problem: OperatorProblem, net: DeepONet, functions: Functio
     if steps < 0 or batch_size < 1:
         raise ValueError(f"train_pideeponet: need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     generator = generator or torch.Generator().manual_seed(0)
-    all_sensors = problem.check_sensors(problem.sensors(functions))
+    like = next(net.parameters())
+    all_sensors = problem.check_sensors(problem.sensors(functions)).to(dtype=like.dtype, device=like.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, (final_lr / lr) ** (1.0 / max(steps, 1)))
     hist = PITrainHistory()
@@ -240,12 +244,15 @@ def train_pideeponet(problem: OperatorProblem, net: DeepONet, functions: Functio
 # ---------------------------------------------------------------------------------------------
 
 def predict_operator(net: DeepONet, sensors: torch.Tensor, points: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """DeepONet outputs for every function at every point, (B, N), without a graph."""
-    dtype = next(net.parameters()).dtype
+    """DeepONet outputs for every function at every point, (B, N), without a graph, on the
+    network's device (sensors (B, n_sensors) and points (N, d) are moved there)."""
+    like = next(net.parameters())
+    on_net = dict(dtype=like.dtype, device=like.device)
+    points = points.to(**on_net)
     out = []
     with torch.no_grad():
         for i in range(0, sensors.shape[0], batch):
-            out.append(net(sensors[i:i + batch].to(dtype), points.to(dtype)))
+            out.append(net(sensors[i:i + batch].to(**on_net), points))
     return torch.cat(out)
 
 

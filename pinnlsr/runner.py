@@ -30,52 +30,29 @@ from .models import ParamSpec
 from .problem import PDEProblem
 from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
 from .residual import check_model, residual_rows
+from .settings import (DTYPES, Parser, RunSettings, add_device_options, device_and_dtype,  # noqa: F401
+                       last_window_options, parse_counts, resolve_device, settings_parser)
 from .train import train_adam, train_lbfgs
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (exit code 2), without the long usage text."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
-
-
-def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | None = None) -> argparse.ArgumentParser:
-    """Command-line options of a problem run; ``defaults`` overrides the generic ones."""
-    d = {"adam_steps": 5000, "lbfgs_steps": 0, "lr": 1e-3, "final_lr": 1e-4, "rank": None,
-         "subspace": "auto", "oversampling": 10, "power_iterations": 0, "rcond": 1e-14, "solver": "svd"}
-    d.update(defaults or {})
+def build_parser(problem: PDEProblem, defaults: RunSettings | dict | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
+    """Command-line options of a problem run: the run's own options and, from the shared parent
+    parser, the settings (:class:`~pinnlsr.settings.RunSettings`) with ``defaults`` (the problem's
+    DEFAULTS: settings or a dict of their fields) as defaults."""
+    terms = ", ".join(f"{t.name}={t.n_points}" for t in problem.terms() if t.n_points)
+    settings = settings_parser(RunSettings.of(defaults), notes={"points": f"terms: {terms}"})
     p = Parser(
         prog=prog or f"python -m problems.{problem.name}",
         description=f"{problem.name}: {problem.description} Pretrains a network (or loads one), "
                     "refines it by one-shot LSR and reports the error against the reference.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[settings],
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, points and sketches")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_device_options(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, recorded in metrics.json); the last "
                         "digits of a result can depend on it")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64", help="precision of training and refinement")
     runfolder.add_options(p, resume=True, help_out="output folder for metrics.json, figures, checkpoints")
-    p.add_argument("--adam-steps", type=int, default=d["adam_steps"], help="Adam pretraining steps")
-    p.add_argument("--lr", type=float, default=d["lr"], help="initial Adam learning rate")
-    p.add_argument("--final-lr", type=float, default=d["final_lr"], help="Adam learning rate at the last step (exponential decay)")
-    p.add_argument("--lbfgs-steps", type=int, default=d["lbfgs_steps"],
-                   help="L-BFGS iterations after Adam, each up to 20 loss evaluations (0: none)")
-    p.add_argument("--points", nargs="*", default=[], metavar="TERM=N",
-                   help="collocation points per term, e.g. pde=2000 bc=400 (terms: "
-                        + ", ".join(f"{t.name}={t.n_points}" for t in problem.terms() if t.n_points) + ")")
-    p.add_argument("--rank", type=int, default=d["rank"], help="LSR subspace rank r (default: whole parameter space when small)")
-    p.add_argument("--subspace", choices=["auto", "full", "svd", "randomized"], default=d["subspace"], help="how the subspace is chosen")
-    p.add_argument("--oversampling", type=int, default=d["oversampling"], help="extra sketch columns of the randomized range finder")
-    p.add_argument("--power-iterations", type=int, default=d["power_iterations"], help="power iterations of the range finder")
-    p.add_argument("--solver", choices=["svd", "qr"], default=d["solver"], help="reduced least-squares solver")
-    p.add_argument("--rcond", type=float, default=d["rcond"], help="relative singular value cut of the SVD solver")
-    p.add_argument("--tikhonov", type=float, default=0.0, help="Tikhonov regularisation λ of the reduced solve")
-    p.add_argument("--memory-budget-gb", type=float, default=None, help="memory for Jacobian chunks (default: from free memory)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="refine the network in this state_dict file instead of pretraining one")
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
@@ -83,50 +60,13 @@ def build_parser(problem: PDEProblem, defaults: dict | None = None, prog: str | 
                         "returning the nn.Module (default: the problem's MLP)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--gn-iters", type=int, default=d.get("gn_iters", 0),
-                   help="tangent Gauss–Newton iterations after LSR, a 'gauss_newton' stage (0: none)")
-    p.add_argument("--ilsr-outer", type=int, default=d.get("ilsr_outer", 0),
-                   help="Iterative LSR outer iterations, an 'ilsr' stage (0: none); checkpointed to OUT/ilsr.pt "
-                        "(see --resume)")
-    p.add_argument("--align-iterations", type=int, default=d.get("align_iterations", 200),
-                   help="L-BFGS iterations aligning the network to the predictor in each ILSR iteration")
-    p.add_argument("--dtau", type=float, default=d.get("dtau", 1e-3),
-                   help="pseudo-time step Δτ of the ILSR alignment (weight 1/Δτ on |u - u_lin|²)")
-    p.add_argument("--gn-damping", type=float, default=d.get("gn_damping", 1e-20),
-                   help="initial Levenberg–Marquardt damping of the Gauss–Newton steps, relative to σ_max²"
-                        " (1e-28: the first step is the one-shot LSR step at rcond 1e-14)")
-    p.add_argument("--align-warm-start", action=argparse.BooleanOptionalAction,
-                   default=d.get("align_warm_start", False),
-                   help="start each ILSR alignment from θ0 + s·Vz (s in 1, 1/2, 1/4, 0: lowest alignment loss)")
-    p.add_argument("--time-windows", type=float, nargs="+", default=d.get("time_windows"), metavar="T",
-                   help="march the ILSR stage over windows [t0, T] (increasing, the last = t1), --ilsr-outer "
-                        "iterations each; checkpointed to OUT/ilsr_window*.pt (time-dependent problems)")
-    p.add_argument("--last-window-rank", type=int, default=d.get("last_window_rank"),
-                   help="rank of the last time window's ILSR (default: --rank)")
-    p.add_argument("--last-window-outer", type=int, default=d.get("last_window_outer"),
-                   help="ILSR outer iterations of the last time window (default: --ilsr-outer)")
-    p.add_argument("--last-window-points", nargs="*", default=[f"{k}={v}" for k, v in d.get("last_window_points", {}).items()],
-                   metavar="TERM=N", help="points per term of the last time window (default: as --points)")
     return p
-
-
-def parse_counts(items: list[str], option: str = "--points") -> dict[str, int]:
-    """{term: n} from ["TERM=N", ...]; a ValueError names a malformed or repeated item."""
-    counts = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if not name or not value.strip().isdigit() or int(value) <= 0:
-            raise ValueError(f"{option} expects TERM=N with N a positive integer, got {item!r}")
-        if name in counts:
-            raise ValueError(f"{option} names term {name!r} twice; give each term once")
-        counts[name] = int(value)
-    return counts
 
 
 #: options that must be >= 0, > 0 (and finite), or >= 1 when given (of the runner and the
 #: problems with their own pipeline)
 NON_NEGATIVE = ("adam_steps", "lbfgs_steps", "oversampling", "power_iterations", "gn_iters", "ilsr_outer",
-                "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
+                "ilsr_gn_iters", "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
 POSITIVE = ("lr", "final_lr", "dtau", "memory_budget_gb")
 AT_LEAST_ONE = ("threads", "rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
 
@@ -149,21 +89,6 @@ def check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag(name)} must be >= 1, got {v}")
     if getattr(args, "resume", False) and not args.ilsr_outer:
         raise ValueError("--resume continues a checkpointed ILSR stage: give --ilsr-outer N as in the interrupted run")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device ``name``; a ValueError when it is malformed or not available here."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices; use cuda:0")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: pinnlsr runs on cpu or cuda")
-    return device
 
 
 def build_model(problem: PDEProblem, args, generator: torch.Generator, dtype: torch.dtype,
@@ -201,6 +126,8 @@ def check_resume(problem: PDEProblem, args) -> None:
     except ValueError:
         raise ValueError(f"--resume: {str(config)!r} is not valid JSON; start over with --overwrite") from None
     new = run_config(problem, args)
+    # a setting added since that run had its default value then
+    old = {**{k: v for k, v in vars(build_parser(problem).parse_args([])).items() if k not in old}, **old}
     diff = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
             if k not in RESUMABLE and old.get(k) != new.get(k)]
     if diff:
@@ -278,11 +205,10 @@ def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype:
 
 def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
-    dtype = DTYPES[args.dtype]
     progress = False if args.quiet else None
     generator = torch.Generator().manual_seed(args.seed)
     check_options(args)
-    device = resolve_device(args.device)
+    device, dtype = device_and_dtype(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, points, load = checked_inputs(problem, args, generator, dtype, device)
@@ -343,21 +269,6 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     return metrics
 
 
-def last_window_options(settings) -> dict | None:
-    """The last time window's own ILSR settings (see :func:`~pinnlsr.marching.time_marching_lsr`)
-    from ``last_window_rank``, ``last_window_outer`` and ``last_window_points`` ({term: n} or
-    ["TERM=N", ...]) of ``settings``: parsed CLI arguments or a problem's DEFAULTS. None when none
-    is set."""
-    get = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key, None)
-    points = get("last_window_points") or {}
-    counts = dict(points) if isinstance(points, dict) else parse_counts(points)
-    given = {"rank": get("last_window_rank"), "outer_iterations": get("last_window_outer"), "counts": counts or None}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if overrides and not get("time_windows"):
-        raise ValueError("last_window_rank/outer/points set the last time window's ILSR: they need time_windows")
-    return overrides or None
-
-
 def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
                      dtype: torch.dtype, device, memory_budget: int | None,
                      predictors: dict | None = None) -> list[dict]:
@@ -383,7 +294,8 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
     if args.ilsr_outer > 0:
         options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
                        oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
-                       damping=args.gn_damping, align_iterations=args.align_iterations, dtau=args.dtau,
+                       gn_iterations=args.ilsr_gn_iters, damping=args.gn_damping,
+                       align_iterations=args.align_iterations, dtau=args.dtau,
                        warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
                        memory_budget=memory_budget, resume=bool(getattr(args, "resume", False)))
         windows = getattr(args, "time_windows", None)
@@ -457,11 +369,13 @@ def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
 
 
 def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,
-         defaults: dict | None = None, prog: str | None = None) -> int:
+         defaults: RunSettings | dict | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m problems.NAME``: parse, run, exit code 0 on success."""
     problem = problem_factory()
-    args = build_parser(problem, defaults, prog).parse_args(argv)
-    code, metrics = run_guarded(run, problem, args)
+    code, parser = run_guarded(build_parser, problem, defaults, prog)  # DEFAULTS with unknown settings: exit 2
+    if code:
+        return code
+    code, metrics = run_guarded(run, problem, parser.parse_args(argv))
     if code:
         return code
     last = metrics["stages"][-1]

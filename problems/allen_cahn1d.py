@@ -18,6 +18,7 @@ from pinnlsr.geometry import Interval, TimeDomain
 from pinnlsr.models import MLP, FeatureMLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
+from pinnlsr.settings import RunSettings
 
 PI = math.pi
 
@@ -76,9 +77,9 @@ PROBLEM = AllenCahn1D
 # iteration each, warm-started alignment). The early windows (rank 1000 of the 8,641 parameters, the
 # pretraining points) only keep the network on the right trajectory; the last one sets the accuracy,
 # so it gets rank 2000 and three times the points.
-DEFAULTS = {"adam_steps": 3000, "lbfgs_steps": 200, "lr": 3e-3, "final_lr": 1e-4, "rank": 1000,
-            "ilsr_outer": 1, "time_windows": [0.25, 0.5, 0.75, 1.0], "align_iterations": 30,
-            "align_warm_start": True, "last_window_rank": 2000, "last_window_points": {"pde": 12000, "ic": 800}}
+DEFAULTS = RunSettings(adam_steps=3000, lbfgs_steps=200, lr=3e-3, final_lr=1e-4, rank=1000, ilsr_outer=1,
+                       time_windows=(0.25, 0.5, 0.75, 1.0), align_iterations=30, align_warm_start=True,
+                       last_window_rank=2000, last_window_points={"pde": 12000, "ic": 800})
 
 if __name__ == "__main__":
     raise SystemExit(main(AllenCahn1D, defaults=DEFAULTS))

@@ -17,6 +17,7 @@ from pinnlsr.geometry import Interval, TimeDomain
 from pinnlsr.models import MLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
+from pinnlsr.settings import RunSettings
 
 PI = math.pi
 NU = 0.01 / PI
@@ -70,8 +71,8 @@ PROBLEM = Burgers1D
 # by the validation residual in each outer iteration, half of the points redrawn where the residual
 # is large (the shock), the alignment started from the step's network and polished by 20 L-BFGS
 # iterations.
-DEFAULTS = {"adam_steps": 3000, "lbfgs_steps": 300, "lr": 3e-3, "final_lr": 1e-4, "rank": 1000,
-            "ilsr_outer": 10, "align_iterations": 20, "align_warm_start": True}
+DEFAULTS = RunSettings(adam_steps=3000, lbfgs_steps=300, lr=3e-3, final_lr=1e-4, rank=1000, ilsr_outer=10,
+                       align_iterations=20, align_warm_start=True)
 
 if __name__ == "__main__":
     raise SystemExit(main(Burgers1D, defaults=DEFAULTS))

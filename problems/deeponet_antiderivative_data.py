@@ -35,7 +35,8 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_error_per_instance, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan
 from pinnlsr import runfolder
-from pinnlsr.runner import DTYPES, Parser, check_options, resolve_device, run_guarded
+from pinnlsr.runner import check_options, run_guarded
+from pinnlsr.settings import Parser, RunSettings, add_device_options, add_settings, device_and_dtype
 
 N_SENSORS = 100
 
@@ -158,37 +159,38 @@ def _stats(errors: torch.Tensor) -> dict:
             "n_instances": int(errors.numel())}
 
 
+#: the settings of the run (Adam, then the rank scan; the other options are this problem's own)
+DEFAULTS = RunSettings(adam_steps=10000, lr=1e-3, final_lr=1e-5, oversampling=20, power_iterations=1)
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = Parser(prog=prog or "python -m problems.deeponet_antiderivative_data",
                description=DeepONetAntiderivativeData.description,
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and sketch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    add_device_options(p)
     runfolder.add_options(p, help_out="folder for metrics.json, model.pt, figures")
     p.add_argument("--validation-functions", type=int, default=30,
                    help="training functions held out to choose the rank (0: choose by training residual)")
     p.add_argument("--branch-widths", type=int, nargs="*", default=[],
                    help="hidden widths of the branch; none (the default) makes it one linear layer, which "
                         "suits this linear operator (a tanh branch [40, 40] overfits the 120 training functions)")
-    p.add_argument("--trunk-widths", type=int, nargs="+", default=[40, 40])
-    p.add_argument("--latent", type=int, default=40)
-    p.add_argument("--adam-steps", type=int, default=10000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--final-lr", type=float, default=1e-5)
+    p.add_argument("--trunk-widths", type=int, nargs="+", default=[40, 40], help="hidden widths of the trunk")
+    p.add_argument("--latent", type=int, default=40, help="latent size p of the dot-product head")
+    add_settings(p, DEFAULTS, ("adam_steps", "lr", "final_lr"))
     p.add_argument("--max-rank", type=int, default=800, help="columns of the randomized basis")
-    p.add_argument("--n-ranks", type=int, default=30)
-    p.add_argument("--oversampling", type=int, default=20)
-    p.add_argument("--power-iterations", type=int, default=1)
-    p.add_argument("--least-squares", choices=["dense", "streaming"], default="streaming")
+    p.add_argument("--n-ranks", type=int, default=30, help="about this many ranks scanned")
+    add_settings(p, DEFAULTS, ("oversampling", "power_iterations"))
+    p.add_argument("--least-squares", choices=["dense", "streaming"], default="streaming",
+                   help="reduced solve: dense QR or streamed TSQR")
     p.add_argument("--checkpoint", type=Path, default=None, help="refine this DeepONet state_dict instead of training")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-plot", action="store_true", help="skip the figures")
     return p
 
 
 def run(args: argparse.Namespace) -> dict:
     check_options(args)
-    dtype, device = DTYPES[args.dtype], resolve_device(args.device)
+    device, dtype = device_and_dtype(args)
     runfolder.check(args.out, args.overwrite)
     runfolder.clear(args.out, keep_checkpoints=False)
     problem = DeepONetAntiderivativeData(args.validation_functions, args.seed)
@@ -241,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
             path = draw_safely(lambda: plot_rank_scan(result.scan, args.out / "rank_scan.png", title=problem.name))
             if path is not None:
                 metrics["figure"] = path.name
-            draw_safely(lambda: plot_error_per_instance(before.numpy(), after.numpy(),
+            draw_safely(lambda: plot_error_per_instance(before.cpu().numpy(), after.cpu().numpy(),
                                                         args.out / "error_per_instance.png",
                                                         title=f"{problem.name}: test functions"))
         atomic_write_json(args.out / "metrics.json", metrics)

@@ -16,6 +16,7 @@ from pinnlsr import reference_solvers as rs
 from pinnlsr.grf import periodic_grf
 from pinnlsr.operator_cli import run_operator_cli
 from pinnlsr.operator_learning import OperatorProblem, OperatorTerm
+from pinnlsr.settings import OperatorSettings
 
 NU = 0.01
 
@@ -76,8 +77,8 @@ class DeepONetBurgers(OperatorProblem):
 
 
 PROBLEM = DeepONetBurgers
-DEFAULTS = {"steps": 2000, "batch_size": 16, "n_train": 1000, "widths": (50, 50, 50), "latent": 50,
-            "lr": 1e-3, "final_lr": 1e-5, "gauss_newton": 4}
+DEFAULTS = OperatorSettings(widths=(50, 50, 50), latent=50, n_train=1000,
+                            adam_steps=2000, batch_size=16, lr=1e-3, final_lr=1e-5, gn_iters=4)
 
 
 def run_cli(argv=None, prog=None) -> int:

@@ -15,6 +15,7 @@ from pinnlsr import reference_solvers as rs
 from pinnlsr.grf import rbf_grf
 from pinnlsr.operator_cli import run_operator_cli
 from pinnlsr.operator_learning import OperatorProblem, OperatorTerm
+from pinnlsr.settings import OperatorSettings
 
 D = K = 0.01
 
@@ -71,8 +72,8 @@ class DeepONetDiffusionReaction(OperatorProblem):
 
 
 PROBLEM = DeepONetDiffusionReaction
-DEFAULTS = {"steps": 2000, "batch_size": 16, "n_train": 1000, "widths": (50, 50, 50), "latent": 50,
-            "lr": 1e-3, "final_lr": 1e-5}
+DEFAULTS = OperatorSettings(widths=(50, 50, 50), latent=50, n_train=1000,
+                            adam_steps=2000, batch_size=16, lr=1e-3, final_lr=1e-5)
 
 
 def run_cli(argv=None, prog=None) -> int:

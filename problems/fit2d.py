@@ -25,8 +25,8 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
 from pinnlsr import runfolder
-from pinnlsr.runner import (DTYPES, Parser, _residual_norm, _stage, check_options, print_table, resolve_device,
-                            run_guarded)
+from pinnlsr.runner import _residual_norm, _stage, check_options, print_table, run_guarded
+from pinnlsr.settings import Parser, RunSettings, add_device_options, add_settings, device_and_dtype
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -74,35 +74,38 @@ class Fit2D(PDEProblem):
         return MLP(2, 1, (30, 30, 30), "tanh", generator=generator, dtype=dtype, device=device)
 
 
+#: the settings of the run (Adam, then the rank scan; the other options are fit2d's own)
+DEFAULTS = RunSettings(adam_steps=5000, lr=1e-3, final_lr=1e-4)
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = Parser(prog=prog or "python -m problems.fit2d", description=Fit2D.description
                + " Adam, then LSR with the rank chosen on the validation split.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sketches")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    add_device_options(p)
     runfolder.add_options(p, help_out="folder for metrics.json, model.pt, rank_scan.png")
     p.add_argument("--samples", type=int, default=10000, help="random samples (train + validation)")
-    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--validation-fraction", type=float, default=0.2, help="share of the samples held out")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian label noise")
     p.add_argument("--widths", type=int, nargs="+", default=[30, 30, 30], help="hidden layer widths")
-    p.add_argument("--adam-steps", type=int, default=5000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--final-lr", type=float, default=1e-4)
+    add_settings(p, DEFAULTS, ("adam_steps", "lr", "final_lr"))
     p.add_argument("--max-rank", type=int, default=None, help="basis columns (default: all parameters)")
     p.add_argument("--n-ranks", type=int, default=40, help="about this many ranks scanned")
-    p.add_argument("--criterion", choices=["validation", "residual"], default="validation")
-    p.add_argument("--subspace", choices=["auto", "svd", "randomized"], default="auto")
-    p.add_argument("--least-squares", choices=["dense", "streaming"], default="dense")
+    p.add_argument("--criterion", choices=["validation", "residual"], default="validation",
+                   help="what chooses the rank: error on the validation split or training residual")
+    p.add_argument("--subspace", choices=["auto", "svd", "randomized"], default="auto", help="how the basis is chosen")
+    p.add_argument("--least-squares", choices=["dense", "streaming"], default="dense",
+                   help="reduced solve: dense QR or streamed TSQR")
     p.add_argument("--checkpoint", type=Path, default=None, help="refine this state_dict instead of training")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def run(args: argparse.Namespace) -> dict:
     check_options(args)
-    dtype, device = DTYPES[args.dtype], resolve_device(args.device)
+    device, dtype = device_and_dtype(args)
     runfolder.check(args.out, args.overwrite)
     runfolder.clear(args.out, keep_checkpoints=False)
     problem = Fit2D(args.samples, args.validation_fraction, args.noise, args.seed)

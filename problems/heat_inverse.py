@@ -14,7 +14,7 @@ the training residual and keeps the validation error at most the trained network
 Errors of u and a on a 41×41×11 grid.
 
     python -m problems.heat_inverse --out runs/heat_inverse            # σ = 0, 0.01, 0.05, 0.1
-    python -m problems.heat_inverse --noise 0.1 --adam-steps 1000
+    python -m problems.heat_inverse --noise 0.1 --adam-steps 1000 --points pde=800 bc_a=200
 """
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
 from pinnlsr import runfolder
-from pinnlsr.runner import DTYPES, _residual_norm, _stage, Parser, run_guarded
+from pinnlsr.runner import _residual_norm, _stage, check_options, run_guarded
+from pinnlsr.settings import (Parser, RunSettings, add_alias, add_device_options, add_settings, device_and_dtype,
+                              parse_counts)
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -180,43 +182,45 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
     return refined, history, residual
 
 
+#: the settings of the run (Adam, then the rank scan and Gauss–Newton; the other options are this problem's own)
+DEFAULTS = RunSettings(adam_steps=1500, lr=1e-3, final_lr=1e-4, gn_iters=5)
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = Parser(prog=prog or "python -m problems.heat_inverse",
                description=HeatInverse.description + " Adam, then LSR with the rank chosen on "
                "held-out observations, per noise level.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of noise, split, initialisation and points")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    add_device_options(p)
     runfolder.add_options(p, help_out="folder for metrics.json and rank-scan figures")
     p.add_argument("--noise", type=float, nargs="+", default=list(NOISE_LEVELS), help="noise standard deviations")
     p.add_argument("--points-file", type=Path, default=None, help=f"observation points (default: shared {POINTS_FILE})")
-    p.add_argument("--n-pde", type=int, default=500)
-    p.add_argument("--n-bc", type=int, default=100)
+    add_settings(p, DEFAULTS, ("points",), notes={"points": "terms: pde=500, bc_a=100"})
     p.add_argument("--widths", type=int, nargs="+", default=[30, 30, 30], help="hidden widths of the u network")
     p.add_argument("--a-widths", type=int, nargs="+", default=[20, 20], help="hidden widths of the a network")
     p.add_argument("--obs-weight", type=float, default=100.0, help="weight of the observation term")
-    p.add_argument("--adam-steps", type=int, default=1500)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--final-lr", type=float, default=1e-4)
+    add_settings(p, DEFAULTS, ("adam_steps", "lr", "final_lr"))
     p.add_argument("--max-rank", type=int, default=None, help="basis columns (default: all parameters)")
-    p.add_argument("--n-ranks", type=int, default=25)
-    p.add_argument("--criterion", choices=["validation", "residual"], default="validation")
-    p.add_argument("--gn-iterations", type=int, default=5,
-                   help="Gauss-Newton steps in z after the scan at the chosen rank (0: one-shot LSR only)")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--n-ranks", type=int, default=25, help="about this many ranks scanned")
+    p.add_argument("--criterion", choices=["validation", "residual"], default="validation",
+                   help="what chooses the rank: error on the held-out observations or training residual")
+    add_settings(p, DEFAULTS, ("gn_iters",), notes={"gn_iters": "here in z at the chosen rank"})
+    p.add_argument("--no-plot", action="store_true", help="skip the figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_alias(p, "--n-pde", "--points", term="pde", type=int)
+    add_alias(p, "--n-bc", "--points", term="bc_a", type=int)
+    add_alias(p, "--gn-iterations", "--gn-iters", type=int)
     return p
 
 
 def run_noise(args, noise: float) -> tuple[list[dict], dict]:
     """Adam then the validated rank scan at one noise level: (stages, summary row)."""
-    dtype, device = DTYPES[args.dtype], torch.device(args.device)
-    problem = HeatInverse(noise, args.n_pde, args.n_bc, obs_weight=args.obs_weight, seed=args.seed,
-                          points_path=args.points_file)
+    device, dtype = device_and_dtype(args)
+    problem = HeatInverse(noise, obs_weight=args.obs_weight, seed=args.seed, points_path=args.points_file)
     gen = torch.Generator().manual_seed(args.seed)
     model = HeatInverseNet(args.widths, args.a_widths, gen, dtype, device)
-    points = problem.sample_points(gen, dtype, device)
+    points = problem.sample_points(gen, dtype, device, parse_counts(args.points))
     t = time.perf_counter()
     train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, False if args.quiet else None)
     adam = _stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
@@ -230,10 +234,10 @@ def run_noise(args, noise: float) -> tuple[list[dict], dict]:
     lsr_stage["noise"] = noise
     stages = [adam, lsr_stage]
     final = lsr_stage
-    if args.gn_iterations > 0 and result.rank > 0:
+    if args.gn_iters > 0 and result.rank > 0:
         t = time.perf_counter()
         refined, history, residual = tangent_gauss_newton(problem, result.model, result.points, problem.validation(),
-                                                args.gn_iterations, result.scan.validation_error[0])
+                                                args.gn_iters, result.scan.validation_error[0])
         errors = model_errors(problem, refined, dtype, device)
         final = _stage("gauss_newton", time.perf_counter() - t, errors, residual,
                        rank=result.rank, iterations=history, noise=noise)
@@ -265,6 +269,8 @@ def print_summary(rows: list[dict], file=None) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    check_options(args)
+    device = device_and_dtype(args)[0]
     runfolder.check(args.out, args.overwrite)
     runfolder.clear(args.out, keep_checkpoints=False)
     stages, summary = [], []
@@ -273,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
         stages += s
         summary.append(row)
         print_summary(summary[-1:] if len(summary) > 1 else summary)
-    metrics = {"problem": HeatInverse.name, "seed": args.seed, "device": args.device, "dtype": args.dtype,
+    metrics = {"problem": HeatInverse.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
                "n_params": summary[0]["n_params"] if summary else None, "noise_levels": list(args.noise),
                "summary": summary, "stages": stages}
     print()

@@ -15,6 +15,7 @@ from pinnlsr.geometry import Box, uniform_grid
 from pinnlsr.models import MLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
+from pinnlsr.settings import RunSettings
 
 K = 4 * math.pi
 
@@ -54,7 +55,7 @@ class Helmholtz2D(PDEProblem):
 
 
 PROBLEM = Helmholtz2D
-DEFAULTS = {"adam_steps": 5000, "lbfgs_steps": 500, "lr": 3e-3, "final_lr": 1e-4}
+DEFAULTS = RunSettings(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4)
 
 if __name__ == "__main__":
     raise SystemExit(main(Helmholtz2D, defaults=DEFAULTS))

@@ -15,6 +15,7 @@ from pinnlsr.geometry import Box, uniform_grid
 from pinnlsr.models import MLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
+from pinnlsr.settings import RunSettings
 
 from problems._navier_stokes import steady_ns
 
@@ -68,7 +69,7 @@ class Kovasznay(PDEProblem):
 PROBLEM = Kovasznay
 # Adam only shapes the network; the accuracy comes from the tangent Gauss–Newton stage, whose error
 # falls about 3x per step here (1000 Adam + 6 steps: 3.5e-7; 10 steps for the 1e-7 target).
-DEFAULTS = {"adam_steps": 1000, "lbfgs_steps": 0, "lr": 3e-3, "final_lr": 1e-4, "gn_iters": 10}
+DEFAULTS = RunSettings(adam_steps=1000, lbfgs_steps=0, lr=3e-3, final_lr=1e-4, gn_iters=10)
 
 if __name__ == "__main__":
     raise SystemExit(main(Kovasznay, defaults=DEFAULTS))

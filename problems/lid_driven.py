@@ -13,6 +13,7 @@ from pinnlsr.geometry import Box
 from pinnlsr.models import MLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
+from pinnlsr.settings import RunSettings
 
 from problems._navier_stokes import steady_ns
 
@@ -83,8 +84,8 @@ class LidDriven(PDEProblem):
 PROBLEM = LidDriven
 # Short pretraining, then Iterative LSR in a rank-1500 randomized subspace (of 5,403 parameters) with
 # residual-based adaptive points and warm-started alignment; 20% of the PDE points crowd the lid corners.
-DEFAULTS = {"adam_steps": 1000, "lbfgs_steps": 0, "lr": 3e-3, "final_lr": 1e-4, "rank": 1500, "ilsr_outer": 3,
-            "align_iterations": 30, "align_warm_start": True}
+DEFAULTS = RunSettings(adam_steps=1000, lbfgs_steps=0, lr=3e-3, final_lr=1e-4, rank=1500, ilsr_outer=3,
+                       align_iterations=30, align_warm_start=True)
 
 if __name__ == "__main__":
     raise SystemExit(main(LidDriven, defaults=DEFAULTS))

@@ -22,6 +22,7 @@ from pinnlsr.geometry import Box, uniform_grid
 from pinnlsr.models import MLP
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.runner import main
+from pinnlsr.settings import RunSettings
 
 PI = math.pi
 
@@ -68,7 +69,7 @@ class Poisson2DHard(PDEProblem):
 
 
 PROBLEM = Poisson2DHard
-DEFAULTS = {"adam_steps": 2000, "lbfgs_steps": 200, "lr": 1e-3, "final_lr": 1e-4}
+DEFAULTS = RunSettings(adam_steps=2000, lbfgs_steps=200, lr=1e-3, final_lr=1e-4)
 
 if __name__ == "__main__":
     raise SystemExit(main(Poisson2DHard, defaults=DEFAULTS))

@@ -38,6 +38,7 @@ from pinnlsr.models import MLP, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.residual import Rows, output_rows, residual_rows
 from pinnlsr.allocator import tune_allocator
+from pinnlsr.settings import add_device_options, device_and_dtype
 
 NU = 0.01 / math.pi
 SIZES = {
@@ -288,11 +289,10 @@ def _two_process(args, dtype, world: int = 2) -> dict:
                 setting="cpu", note="CPU processes with gloo; threads split between processes")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    add_device_options(ap)
     ap.add_argument("--out", default=None, help="directory for bench.json and the plots")
     ap.add_argument("--memory-budget-gb", type=float, default=None,
                     help="pinnlsr's budget for Jacobian chunks (default: 4 GiB on CUDA, 0.5 on the CPU)")
@@ -301,11 +301,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="time pinnlsr alone (ratio omitted)")
     ap.add_argument("--processes", type=int, default=2, help="also time distributed LSR with this many "
                     "CPU processes on the CPU setting (0 to skip)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+    device, dtype = device_and_dtype(args)
     cfg = SIZES[args.size]
     budget_gb = args.memory_budget_gb or (4.0 if device.type == "cuda" else 0.5)
     budget = int(budget_gb * 2**30)

@@ -16,7 +16,7 @@ explicit ``vmap(jacrev)`` rows and with jet rows, and the seconds of one Iterati
 iteration at burgers1d's default settings. Writes OUT/bench_training.json and prints a table.
 
     python scripts/bench_training.py --out runs/bench_training
-    python scripts/bench_training.py --problems burgers1d --steps 50 --no-deepxde --out /tmp/b
+    python scripts/bench_training.py --problems burgers1d --adam-steps 50 --no-deepxde --out /tmp/b
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from pinnlsr.ilsr import iterative_lsr
 from pinnlsr.io import atomic_write_json
 from pinnlsr.train import train_adam
 from pinnlsr.allocator import tune_allocator
+from pinnlsr.settings import add_alias
 from problems import allen_cahn1d, burgers1d, kovasznay, lid_driven
 
 PROBLEMS = {"burgers1d": burgers1d.Burgers1D, "kovasznay": kovasznay.Kovasznay,
@@ -220,22 +221,28 @@ def ilsr_outer_seconds(problem, model, points):
     return res.history[-1]["seconds_iteration"]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for bench_training.json")
     ap.add_argument("--problems", nargs="*", default=list(PROBLEMS), choices=list(PROBLEMS))
-    ap.add_argument("--steps", type=int, default=100, help="timed Adam steps per implementation")
+    ap.add_argument("--adam-steps", type=int, default=100, help="timed Adam steps per implementation")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (state it with the numbers)")
-    ap.add_argument("--gn-iterations", type=int, default=2, help="timed Gauss–Newton steps per backend")
+    ap.add_argument("--gn-iters", type=int, default=2, help="timed Gauss–Newton steps per backend")
     ap.add_argument("--rank", type=int, default=1000, help="Gauss–Newton subspace rank on burgers1d")
     ap.add_argument("--no-deepxde", action="store_true", help="skip DeepXDE")
     ap.add_argument("--no-refinement", action="store_true", help="skip the Gauss–Newton and ILSR timings")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    add_alias(ap, "--steps", "--adam-steps", type=int)
+    add_alias(ap, "--gn-iterations", "--gn-iters", type=int)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"threads": args.threads, "steps": args.steps, "seed": args.seed, "dtype": "float64",
+    result = {"threads": args.threads, "steps": args.adam_steps, "seed": args.seed, "dtype": "float64",
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "problems": {}}
     for name in args.problems:
         problem = PROBLEMS[name]()
@@ -244,13 +251,13 @@ def main(argv=None) -> int:
         points = problem.sample_points(gen)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         row = {}
-        row["adam_ms_pinnlsr"], row["backends"] = ms_pinnlsr_adam(problem, model, points, args.steps, "auto")
+        row["adam_ms_pinnlsr"], row["backends"] = ms_pinnlsr_adam(problem, model, points, args.adam_steps, "auto")
         model.load_state_dict(state)
-        row["adam_ms_pinnlsr_generic"] = ms_pinnlsr_adam(problem, model, points, max(5, args.steps // 5), "generic")[0]
+        row["adam_ms_pinnlsr_generic"] = ms_pinnlsr_adam(problem, model, points, max(5, args.adam_steps // 5), "generic")[0]
         model.load_state_dict(state)
-        row["adam_ms_autograd"] = ms_autograd_adam(name, problem, model, points, args.steps)
+        row["adam_ms_autograd"] = ms_autograd_adam(name, problem, model, points, args.adam_steps)
         row["adam_ms_deepxde"], row["deepxde_note"] = (None, "not run") if args.no_deepxde else \
-            ms_deepxde_adam(name, problem, args.steps)
+            ms_deepxde_adam(name, problem, args.adam_steps)
         result["problems"][name] = row
         dx = "-" if row["adam_ms_deepxde"] is None else f"{row['adam_ms_deepxde']:7.1f}"
         print(f"{name:13s} Adam ms/step: pinnlsr {row['adam_ms_pinnlsr']:7.1f}  generic "
@@ -262,7 +269,7 @@ def main(argv=None) -> int:
         points = problem.sample_points(gen)
         train_adam(problem, model, points, 200, lr=3e-3, progress=False)
         for mode, key in (("explicit", "gn_step_s_explicit"), ("auto", "gn_step_s_fast")):
-            result[key], backends = gn_step_seconds(problem, model, points, mode, args.rank, args.gn_iterations)
+            result[key], backends = gn_step_seconds(problem, model, points, mode, args.rank, args.gn_iters)
             result[key.replace("_s_", "_backends_")] = backends
         result["gn_speedup"] = result["gn_step_s_explicit"] / result["gn_step_s_fast"]
         result["ilsr_outer_s"] = ilsr_outer_seconds(problem, model, points)

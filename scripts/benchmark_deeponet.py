@@ -7,20 +7,19 @@ and collect ``metrics.json``. Prints a Markdown table with the sizes used, and w
 ``OUT/table.md``. CPU-sized defaults (single thread):
 
     python scripts/benchmark_deeponet.py --out runs/benchmark_deeponet
-    python scripts/benchmark_deeponet.py --problems antiderivative --steps 500 --n-test 10   # quick
+    python scripts/benchmark_deeponet.py --problems antiderivative --adam-steps 500 --n-test 10   # quick
     python scripts/benchmark_deeponet.py --out runs/benchmark_deeponet --table-only          # table again
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 from pinnlsr.allocator import tune_allocator
+from pinnlsr.settings import Parser, add_alias, add_device_options
 
 PROBLEMS = ("antiderivative", "diffusion_reaction", "advection", "burgers")
 # LSR paper (Cao & Zhang), GPU, PI-DeepONets trained with Wang et al.'s code: before, after, rank, seconds.
@@ -35,9 +34,10 @@ PAPER = {
 def run_problem(name: str, args) -> dict:
     module = importlib.import_module(f"problems.deeponet_{name}")
     out = Path(args.out) / name
-    argv = ["--seed", str(args.seed), "--out", str(out), "--n-test", str(args.n_test)]
-    if args.steps is not None:
-        argv += ["--steps", str(args.steps)]
+    argv = ["--seed", str(args.seed), "--out", str(out), "--n-test", str(args.n_test), "--device", args.device,
+            "--dtype", args.dtype]
+    if args.adam_steps is not None:
+        argv += ["--adam-steps", str(args.adam_steps)]
     if args.rank is not None:
         argv += ["--rank", str(args.rank)]
     if args.reuse and (out / "model.pt").is_file():
@@ -77,28 +77,34 @@ def table(results: dict[str, dict]) -> str:
             f"{paper[0]:.2e} → {paper[1]:.2e} ({paper[2]}, {paper[3]}) |")
     n = {m["stages"][1]["n_instances"] for m in results.values()}
     lines.append("")
-    lines.append(f"{'/'.join(map(str, sorted(n)))} test functions per problem; CPU, float64, "
+    where = ", ".join(sorted({f"{m['device']}, {m['dtype']}" for m in results.values()}))
+    lines.append(f"{'/'.join(map(str, sorted(n)))} test functions per problem; {where}, "
                  f"{torch.get_num_threads()} thread(s); s / instance: LSR / LSR + Gauss–Newton; LSR points per term: "
                  + "; ".join(f"{k}: {m['sizes']['lsr_points']}" for k, m in results.items()) + ".")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
-    p.add_argument("--out", type=Path, default=Path("runs/benchmark_deeponet"))
-    p.add_argument("--seed", type=int, default=0)
+def build_parser() -> Parser:
+    p = Parser(prog="python scripts/benchmark_deeponet.py", description=__doc__.split("\n")[0])
+    p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS), help="problems to run")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark_deeponet"), help="folder of the runs and table.md")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    add_device_options(p)
     p.add_argument("--n-test", type=int, default=100, help="test functions per problem")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default: each problem's)")
+    p.add_argument("--adam-steps", type=int, default=None, help="Adam steps (default: each problem's)")
     p.add_argument("--rank", type=int, default=None, help="fixed LSR rank (default: rank scan)")
     p.add_argument("--reuse", action="store_true", help="load OUT/NAME/model.pt when present instead of pretraining")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from OUT/NAME/metrics.json")
     p.add_argument("extra", nargs="*", help="more options passed to every problem (after --)")
-    args = p.parse_args(argv)
+    add_alias(p, "--steps", "--adam-steps", type=int)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     results = {}
     for name in args.problems:
         if args.table_only:

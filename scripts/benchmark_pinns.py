@@ -13,23 +13,26 @@ wall time that L-BFGS + ILSR took ("adam_long", "lbfgs_long"). Writes, under --o
   ``scripts/error_by_region.py OUT/NAME --stage METHOD`` and ``scripts/error_by_time.py`` read it
   as they read a run folder.
 
+Each problem runs with its module's ``DEFAULTS`` (what ``python -m problems.NAME`` runs), plus one
+Iterative LSR outer iteration for the problems whose default run has none (``ADDED_ILSR``).
+
     python scripts/benchmark_pinns.py --out results/pinns                 # default sizes (hours)
     python scripts/benchmark_pinns.py --problems helmholtz2d --out results/pinns_helmholtz2d
     python scripts/benchmark_pinns.py --quick --problems burgers1d --out /tmp/b   # minutes
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib
 import sys
 import time
 from pathlib import Path
 
-from pinnlsr.compare import FULL, QUICK, compare_methods, plot, table
-from pinnlsr.runner import last_window_options
+from pinnlsr.allocator import tune_allocator
+from pinnlsr.compare import QUICK, QUICK_POINT_FRACTION, compare_methods, plot, table
 from pinnlsr.io import atomic_write_json, atomic_write_text
 from pinnlsr.report import write_predictions
-from pinnlsr.allocator import tune_allocator
+from pinnlsr.settings import Parser, RunSettings, add_device_options, device_and_dtype
 
 PROBLEMS = {
     "burgers1d": ("problems.burgers1d", "Burgers1D"),
@@ -40,61 +43,60 @@ PROBLEMS = {
     "lid_driven": ("problems.lid_driven", "LidDriven"),
 }
 QUICK_KWARGS = {"widths": (12, 12)}
-# Iterative LSR per problem (on top of the problem's own pretraining DEFAULTS): one outer iteration
-# where the Gauss–Newton of the first already reaches the target (linear PDEs converge in one step;
-# kovasznay in ten), several where re-linearizing around the aligned network is needed.
-ILSR_SETTINGS = {
-    "helmholtz2d": dict(outer=1, gn_iters=2, align_iterations=100),
-    "poisson2d_hard": dict(outer=1, gn_iters=2, align_iterations=100),
-    "kovasznay": dict(outer=1, gn_iters=10, align_iterations=100),
-    "burgers1d": dict(rank=1000, outer=10, gn_iters=10, align_iterations=20, warm_start=True),
-    "allen_cahn1d": dict(outer=1, align_iterations=30, warm_start=True),  # its default run (+ time_windows)
-    "lid_driven": dict(outer=3, gn_iters=10, align_iterations=30, warm_start=True),  # its default run
+#: An Iterative LSR stage for the problems whose default run has none: one outer iteration, whose
+#: Gauss–Newton already reaches the target (linear PDEs converge in two steps, kovasznay in ten).
+ADDED_ILSR = {
+    "helmholtz2d": dict(ilsr_outer=1, ilsr_gn_iters=2, align_iterations=100),
+    "poisson2d_hard": dict(ilsr_outer=1, ilsr_gn_iters=2, align_iterations=100),
+    "kovasznay": dict(ilsr_outer=1, ilsr_gn_iters=10, align_iterations=100),
 }
-# taken from the problem module's DEFAULTS (what `python -m problems.NAME` runs)
-FROM_DEFAULTS = ("adam_steps", "lbfgs_steps", "lr", "final_lr", "gn_iters", "rank", "time_windows")
 
 
-def settings(name: str, quick: bool) -> dict:
-    """The benchmark settings of one problem: FULL, then the FROM_DEFAULTS keys of the problem
-    module's DEFAULTS (pretraining, rank, Gauss–Newton steps, time windows and the last window's
-    own settings), then ILSR_SETTINGS."""
+def settings(name: str, quick: bool) -> RunSettings:
+    """The benchmark settings of one problem: the problem module's DEFAULTS (what
+    ``python -m problems.NAME`` runs) with ADDED_ILSR; QUICK with ``quick``."""
     if quick:
-        return dict(QUICK)
-    defaults = getattr(importlib.import_module(PROBLEMS[name][0]), "DEFAULTS", {})
-    cfg = {**FULL, **{k: defaults[k] for k in FROM_DEFAULTS if k in defaults}, **ILSR_SETTINGS.get(name, {})}
-    last_window = last_window_options(defaults)
-    return {**cfg, "last_window": last_window} if last_window else cfg
+        return QUICK
+    defaults = importlib.import_module(PROBLEMS[name][0]).DEFAULTS
+    return dataclasses.replace(defaults, **ADDED_ILSR.get(name, {}))
 
 
-def run_problem(name: str, quick: bool, seed: int, out: Path) -> dict:
+def run_problem(name: str, args) -> dict:
     module, cls = PROBLEMS[name]
-    problem = getattr(importlib.import_module(module), cls)(**(QUICK_KWARGS if quick else {}))
+    problem = getattr(importlib.import_module(module), cls)(**(QUICK_KWARGS if args.quick else {}))
+    device, dtype = device_and_dtype(args)
     predictions = {}
-    result = compare_methods(problem, settings(name, quick), seed, predictions=predictions)
+    result = compare_methods(problem, settings(name, args.quick), args.seed, predictions=predictions,
+                             point_fraction=QUICK_POINT_FRACTION if args.quick else None, dtype=dtype, device=device)
     if predictions:
-        (out / name).mkdir(exist_ok=True)
-        write_predictions(out / name / "predictions.npz", predictions.pop("points"), predictions.pop("reference"),
+        (args.out / name).mkdir(exist_ok=True)
+        write_predictions(args.out / name / "predictions.npz", predictions.pop("points"), predictions.pop("reference"),
                           predictions)
     return result
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problems", nargs="*", default=list(PROBLEMS), choices=list(PROBLEMS))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+def build_parser() -> Parser:
+    p = Parser(prog="python scripts/benchmark_pinns.py", description=__doc__.splitlines()[0])
+    p.add_argument("--problems", nargs="*", default=list(PROBLEMS), choices=list(PROBLEMS), help="problems to run")
+    p.add_argument("--out", type=Path, required=True, help="folder for the table, JSON, figures and predictions")
+    p.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
+    add_device_options(p)
     p.add_argument("--quick", action="store_true", help="reduced sizes (a smoke run, minutes)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.problems:
         t = time.perf_counter()
-        res = run_problem(name, args.quick, args.seed, args.out)
+        res = run_problem(name, args)
         results.append(res)
         plot(res, args.out / f"{name}_convergence.png")
         atomic_write_json(args.out / "benchmark_pinns.json", {"quick": args.quick, "seed": args.seed,
+                                                              "device": args.device, "dtype": args.dtype,
                                                               "results": results})
         atomic_write_text(args.out / "benchmark_pinns.md", table(results))
         print(f"{name}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr)

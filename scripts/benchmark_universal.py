@@ -9,7 +9,7 @@ markdown table for README.md to OUT/universal.md and prints it.
 """
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -17,19 +17,16 @@ from pathlib import Path
 import torch
 
 from pinnlsr.allocator import tune_allocator
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the problems/ package of this checkout
+from pinnlsr.settings import Parser, add_device_options
 
 QUICK = {
     "fit2d": ["--samples", "2000", "--adam-steps", "500", "--widths", "20", "20"],
     "deeponet_antiderivative_data": ["--adam-steps", "2000", "--max-rank", "600"],
-    "heat_inverse": ["--n-pde", "800", "--n-bc", "200", "--adam-steps", "1500", "--widths", "30", "30", "30"],
+    "heat_inverse": ["--points", "pde=800", "bc_a=200", "--adam-steps", "1500", "--widths", "30", "30", "30"],
 }
 
 
 def run_problem(name: str, out: Path, extra: list[str]) -> int:
-    import importlib
-
     module = importlib.import_module(f"problems.{name}")
     argv = ["--out", str(out / name)] + extra
     if name != "deeponet_antiderivative_data":
@@ -67,20 +64,26 @@ def table(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/universal"))
+def build_parser() -> Parser:
+    p = Parser(prog="python scripts/benchmark_universal.py", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/universal"), help="folder of the runs and universal.md")
+    add_device_options(p)
     p.add_argument("--quick", action="store_true", help="reduced sizes")
-    p.add_argument("--only", nargs="+", choices=sorted(QUICK), default=sorted(QUICK))
+    p.add_argument("--only", nargs="+", choices=sorted(QUICK), default=sorted(QUICK), help="problems to run")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
     p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     if not args.table_only:
         for name in args.only:
-            extra = (QUICK[name] if args.quick else []) + (["--overwrite"] if args.overwrite else [])
+            extra = ((QUICK[name] if args.quick else []) + ["--device", args.device, "--dtype", args.dtype]
+                     + (["--overwrite"] if args.overwrite else []))
             code = run_problem(name, args.out, extra)
             if code != 0:
                 print(f"error: {name} failed with exit code {code}", file=sys.stderr)

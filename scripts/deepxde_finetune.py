@@ -6,15 +6,15 @@ unchanged except for CPU-sized training budgets (and, for Helmholtz, the width: 
 --helmholtz-width). DeepXDE trains in its default float32; the refinement runs on a float64 copy.
 
     python scripts/deepxde_finetune.py --out runs/deepxde            # all examples
-    python scripts/deepxde_finetune.py --examples poisson_dirichlet_1d --adam 2000
+    python scripts/deepxde_finetune.py --examples poisson_dirichlet_1d --adam-steps 2000
     python scripts/deepxde_finetune.py --examples burgers antiderivative_pideeponet --out runs/deepxde
 
 Poisson_Dirichlet_1d trains on 16 + 2 points; its refinement adds --refine-points uniform PDE points
 (anchors used by the refinement only).
 
 Burgers: Adam for the example's 15,000 iterations (about a minute on one core; the example's
-L-BFGS stage is off, --lbfgs N adds it). Then one-shot LSR (stage "lsr", not enough for a nonlinear
-PDE) and iterated LSR (stage "ilsr"): Levenberg-Marquardt in parameter space, each step a damped
+L-BFGS stage is off, --lbfgs-steps N adds it). Then one-shot LSR (stage "lsr", not enough for a
+nonlinear PDE) and iterated LSR (stage "ilsr"): Levenberg-Marquardt in parameter space, each step a damped
 whole-space LSR solve from the moved network, on the training points plus --burgers-anchors random
 PDE points, the best iterate chosen on --validation-points fresh points (a few minutes).
 
@@ -44,6 +44,7 @@ from pinnlsr.interop import deepxde_operator as pxo
 from pinnlsr.io import atomic_write_json, load_burgers_npz
 from pinnlsr.reference_solvers import antiderivative
 from pinnlsr.allocator import tune_allocator
+from pinnlsr.settings import add_alias
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def poisson_dirichlet_1d(dde, args):
     model.compile("adam", lr=0.001)
     X = geom.uniform_points(1000, boundary=True).astype(np.float64)
     anchors = geom.uniform_points(args.refine_points, boundary=False) if args.refine_points else None
-    return model, (X, func(X)), {"adam": args.adam or 10000, "lbfgs": 0, "anchors": anchors}
+    return model, (X, func(X)), {"adam": args.adam_steps or 10000, "lbfgs": 0, "anchors": anchors}
 
 
 def helmholtz_dirichlet_2d(dde, args):
@@ -100,7 +101,7 @@ def helmholtz_dirichlet_2d(dde, args):
     model = dde.Model(data, net)
     model.compile("adam", lr=1e-3)
     X = geom.uniform_points(nx_test**2, boundary=True).astype(np.float64)
-    return model, (X, func(X)), {"adam": args.adam or 5000, "lbfgs": 0}
+    return model, (X, func(X)), {"adam": args.adam_steps or 5000, "lbfgs": 0}
 
 
 def burgers(dde, args):
@@ -123,8 +124,8 @@ def burgers(dde, args):
     model = dde.Model(data, net)
     model.compile("adam", lr=1e-3)
     # Adam as in the example (15,000 iterations, about a minute on one CPU core); the example's
-    # L-BFGS stage is left out (--lbfgs N adds it).
-    return model, (X, y), {"adam": args.adam or 15000, "lbfgs": args.lbfgs,
+    # L-BFGS stage is left out (--lbfgs-steps N adds it).
+    return model, (X, y), {"adam": args.adam_steps or 15000, "lbfgs": args.lbfgs_steps,
                            "anchors": ("random", args.burgers_anchors)}
 
 
@@ -194,7 +195,7 @@ def run_example(name: str, args, dde) -> dict:
             extra = {"rank": res.diagnostics["rank"], "cond": res.diagnostics["cond"],
                      "linearized_residual": res.diagnostics["linearized_residual"]}
         else:  # "ilsr": re-linearize and solve again, the network moved to θ + V z after each step
-            res = px.gauss_newton(model, reference=reference, problem=problem, iterations=args.gn_iterations,
+            res = px.gauss_newton(model, reference=reference, problem=problem, iterations=args.gn_iters,
                                   validation=args.validation_points, seed=args.seed + 2000,
                                   max_seconds=args.gn_seconds)
             d = res.diagnostics
@@ -257,15 +258,16 @@ def run_operator_example(name: str, args, dde) -> dict:
                         "gain_median": float(np.median(b / a)), **common}]}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", nargs="+", default=list(EXAMPLES), choices=list(EXAMPLES))
     ap.add_argument("--out", type=Path, default=None, help="write OUT/<example>/metrics.json")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--adam", type=int, default=None, help="Adam iterations (default: the example's own)")
-    ap.add_argument("--lbfgs", type=int, default=0, help="L-BFGS iterations after Adam for Burgers (example: 15000)")
+    ap.add_argument("--adam-steps", type=int, default=None, help="Adam iterations (default: the example's own)")
+    ap.add_argument("--lbfgs-steps", type=int, default=0,
+                    help="L-BFGS iterations after Adam for Burgers (example: 15000)")
     ap.add_argument("--helmholtz-width", type=int, default=50, help="hidden width (DeepXDE's example: 150)")
-    ap.add_argument("--gn-iterations", type=int, default=100, help="Burgers: Levenberg-Marquardt iterations")
+    ap.add_argument("--gn-iters", type=int, default=100, help="Burgers: Levenberg-Marquardt iterations")
     ap.add_argument("--gn-seconds", type=float, default=600.0, help="Burgers: time limit of the iterations")
     ap.add_argument("--burgers-anchors", type=int, default=6000,
                     help="Burgers: extra random PDE points for the refinement (0 = training points only)")
@@ -280,7 +282,14 @@ def main(argv=None) -> int:
                     help="Poisson_Dirichlet_1d: extra uniform PDE points for the refinement (its training "
                          "set has 16; 0 = refine on the training points only)")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
+    add_alias(ap, "--adam", "--adam-steps", type=int)
+    add_alias(ap, "--lbfgs", "--lbfgs-steps", type=int)
+    add_alias(ap, "--gn-iterations", "--gn-iters", type=int)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
     dde = px.import_deepxde()

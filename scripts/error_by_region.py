@@ -67,7 +67,7 @@ def print_profile(points, reference, stages, center, radii) -> None:
         print(f"{r:>10.4g}{count:>8}  " + "  ".join(cells))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a run folder with predictions.npz")
     p.add_argument("--stage", default=None, help="stage to report (default: every pred_* in the file)")
@@ -77,7 +77,11 @@ def main(argv=None) -> int:
                    help="a point (d numbers): print the radial profile towards it instead of boxes")
     p.add_argument("--radii", type=float, nargs="+", default=[0.004, 0.008, 0.016, 0.032, 0.064, 0.128],
                    help="distances of the --around profile")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if not args.box and args.around is None:
         raise SystemExit("error: give at least one --box, or --around")
     try:

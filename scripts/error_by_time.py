@@ -31,11 +31,15 @@ def error_by_time(points: np.ndarray, reference: np.ndarray, prediction: np.ndar
     return errors
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a run folder with predictions.npz")
     p.add_argument("--times", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         points, reference, stages = read_predictions(args.run_dir)
     except FileNotFoundError as exc:

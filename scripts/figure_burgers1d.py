@@ -7,25 +7,26 @@ spectral reference, as space-time maps (prediction, reference, |error|).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pinnlsr import checkpoint as ckpt  # noqa: E402
-from pinnlsr.io import load_burgers_npz  # noqa: E402
-from pinnlsr.metrics import error_metrics, predict  # noqa: E402
-from pinnlsr.plotting import plot_spacetime_comparison  # noqa: E402
-from problems.burgers1d import Burgers1D  # noqa: E402
+from pinnlsr import checkpoint as ckpt
+from pinnlsr.io import load_burgers_npz
+from pinnlsr.metrics import error_metrics, predict
+from pinnlsr.plotting import plot_spacetime_comparison
+from problems.burgers1d import Burgers1D
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="folder of a burgers1d run (its model.pt)")
     parser.add_argument("figure", type=Path, help="PNG to write")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     problem = Burgers1D()
     model = problem.default_model()
     ckpt.load_into(model, args.run_dir / "model.pt")

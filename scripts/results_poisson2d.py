@@ -8,33 +8,34 @@ Writes OUT/results.json, OUT/results.md (the table), OUT/model.pt and OUT/compar
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pinnlsr import checkpoint as ckpt  # noqa: E402
-from pinnlsr.io import atomic_write_json, atomic_write_text  # noqa: E402
-from pinnlsr.lsr import lsr  # noqa: E402
-from pinnlsr.metrics import model_errors  # noqa: E402
-from pinnlsr.models import ParamSpec  # noqa: E402
-from pinnlsr import plotting  # noqa: E402
-from pinnlsr.metrics import predict  # noqa: E402
-from pinnlsr.train import train_adam  # noqa: E402
-from problems.poisson2d import Poisson2D  # noqa: E402
+from pinnlsr import checkpoint as ckpt
+from pinnlsr import plotting
+from pinnlsr.io import atomic_write_json, atomic_write_text
+from pinnlsr.lsr import lsr
+from pinnlsr.metrics import model_errors, predict
+from pinnlsr.models import ParamSpec
+from pinnlsr.train import train_adam
+from problems.poisson2d import Poisson2D
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--adam-steps", type=int, default=5000)
-    parser.add_argument("--ranks", type=int, nargs="*", default=[100, 200, 300, 500, 800])
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and figures")
+    parser.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
+    parser.add_argument("--adam-steps", type=int, default=5000, help="Adam pretraining steps")
+    parser.add_argument("--ranks", type=int, nargs="*", default=[100, 200, 300, 500, 800],
+                        help="ranks of the randomized subspaces")
     parser.add_argument("--checkpoint", type=Path, default=None, help="skip Adam: a model.pt of the default MLP")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     print(f"seed {args.seed}")
     problem = Poisson2D()
     gen = torch.Generator().manual_seed(args.seed)

@@ -1,5 +1,6 @@
 """The six problems of the nonlinear benchmark: they build, their residuals are finite, closed-form
 solutions satisfy their own PDE and boundary terms, and reference data has the problem's shape."""
+import dataclasses
 import importlib
 
 import pytest
@@ -104,7 +105,7 @@ def test_runner_refuses_a_missing_rank_before_training(capsys):
     from pinnlsr.runner import main
 
     module = importlib.import_module("problems.allen_cahn1d")
-    defaults = {k: v for k, v in module.DEFAULTS.items() if k != "rank"}
+    defaults = dataclasses.replace(module.DEFAULTS, rank=None)
     code = main(module.AllenCahn1D, argv=["--adam-steps", "100000", "--quiet"], defaults=defaults)
     assert code == 2 and "needs a rank" in capsys.readouterr().err
 
@@ -123,7 +124,7 @@ def test_benchmark_settings_have_a_valid_subspace():
     for name, (module, cls) in bench.PROBLEMS.items():
         problem = getattr(importlib.import_module(module), cls)()
         n_params = ParamSpec.of(problem.default_model(torch.Generator().manual_seed(0))).numel
-        assert resolve_subspace(n_params, bench.settings(name, quick=False)["rank"], "auto"), name
+        assert resolve_subspace(n_params, bench.settings(name, quick=False).rank, "auto"), name
 
 
 def test_lid_driven_crowds_pde_points_at_the_lid_corners():

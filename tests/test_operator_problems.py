@@ -93,10 +93,11 @@ def test_space_time_problems_refine_and_reduce_the_residual(factory):
 
 def test_cli_writes_metrics_and_reuses_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--steps", "20", "--n-train", "50", "--n-test", "3", "--rank", "20", "--widths", "20", "20",
+    argv = ["--adam-steps", "20", "--n-train", "50", "--n-test", "3", "--rank", "20", "--widths", "20", "20",
             "--latent", "20", "--out", str(out)]
     assert antiderivative_cli(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["device"], metrics["dtype"], metrics["sizes"]["steps"]) == ("cpu", "float64", 20)
     names = [s["name"] for s in metrics["stages"]]
     assert names == ["pretrained", "lsr"]
     for stage in metrics["stages"]:
@@ -151,8 +152,8 @@ def test_burgers_gauss_newton_instances_and_cli_stages(tmp_path):
     assert 1 <= row["iterations"] <= 3 and row["seconds"] >= row["seconds_lsr"]
 
     out = tmp_path / "burgers"
-    argv = ["--steps", "5", "--n-train", "8", "--n-test", "2", "--rank", "15", "--widths", "10", "10",
-            "--latent", "10", "--lsr-points", "pde=120", "ic=20", "bc=20", "--gauss-newton", "2",
+    argv = ["--adam-steps", "5", "--n-train", "8", "--n-test", "2", "--rank", "15", "--widths", "10", "10",
+            "--latent", "10", "--points", "pde=120", "ic=20", "bc=20", "--gn-iters", "2",
             "--out", str(out), "--no-plot"]
     assert burgers_cli(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())

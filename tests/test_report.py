@@ -133,13 +133,17 @@ def test_error_by_time_script(tmp_path, capsys):
 
 def test_compare_methods_marches_over_time_windows():
     """compare_methods with time_windows runs ILSR window by window, with cumulative seconds."""
-    from pinnlsr.compare import QUICK, compare_methods
+    from dataclasses import replace
+
+    from pinnlsr.compare import QUICK, QUICK_POINT_FRACTION, compare_methods
     from problems.allen_cahn1d import AllenCahn1D
 
-    cfg = dict(QUICK, rank=40, outer=1, gn_iters=1, align_iterations=2, adam_steps=20, lbfgs_steps=2,
-               time_windows=[0.5, 1.0])
+    settings = replace(QUICK, rank=40, ilsr_outer=1, ilsr_gn_iters=1, align_iterations=2, adam_steps=20,
+                       lbfgs_steps=2, time_windows=(0.5, 1.0))
     predictions = {}
-    result = compare_methods(AllenCahn1D(widths=(8, 8)), cfg, seed=0, predictions=predictions)
+    result = compare_methods(AllenCahn1D(widths=(8, 8)), settings, seed=0, predictions=predictions,
+                             point_fraction=QUICK_POINT_FRACTION)
+    assert result["config"]["ilsr_outer"] == 1 and result["config"]["device"] == "cpu"
     ilsr = result["methods"]["ilsr"]
     # each method's final prediction at the reference points comes back, and gives its error
     ref = predictions.pop("reference")

@@ -93,8 +93,8 @@ def test_heat_inverse_refines_a_and_validation_never_blows_up(tmp_path):
 
     argv = ["--out", str(tmp_path), "--quiet", "--no-plot"]
     if not FULL:
-        argv += ["--noise", "0", "0.1", "--n-pde", "200", "--n-bc", "50", "--adam-steps", "300",
-                 "--widths", "16", "16", "--a-widths", "10", "10", "--n-ranks", "10", "--gn-iterations", "3"]
+        argv += ["--noise", "0", "0.1", "--points", "pde=200", "bc_a=50", "--adam-steps", "300",
+                 "--widths", "16", "16", "--a-widths", "10", "10", "--n-ranks", "10", "--gn-iters", "3"]
     assert run_cli(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rows = {r["noise"]: r for r in metrics["summary"]}
