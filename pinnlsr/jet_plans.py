@@ -290,15 +290,20 @@ def _jet_block_values(net: JetNetwork, plan: JetPlan, block: Block, theta: torch
     return block.scale * r.reshape(-1)
 
 
-def residual_norm(problem, module: nn.Module, points: dict[str, torch.Tensor]) -> float:
+def residual_norm(problem, module: nn.Module, points: dict[str, torch.Tensor], check: bool = False) -> float:
     """||f|| of ``module`` on ``problem`` at ``points`` ({term: (n, d)}), by jets where they
-    apply; inf when the network or its residual is not finite."""
+    apply; inf when the network or its residual is not finite, or with ``check`` the
+    FloatingPointError that names the term."""
     from .residual import residual_rows
 
     try:
         rows = residual_rows(problem, module, points)
     except FloatingPointError:
+        if check:
+            raise
         return math.inf
     theta = ParamSpec.of(module).flatten(module)
     n = float(torch.linalg.vector_norm(JetLoss(rows, module, theta).values(theta)))
+    if not math.isfinite(n) and check:
+        rows.values(theta)  # raises the error that names the term
     return n if math.isfinite(n) else math.inf

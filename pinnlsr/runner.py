@@ -29,7 +29,7 @@ from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .problem import PDEProblem
 from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
-from .residual import check_model, residual_rows
+from .residual import check_model
 from .settings import (DTYPES, Parser, RunSettings, add_device_options, device_and_dtype,  # noqa: F401
                        last_window_options, parse_counts, resolve_device, settings_parser)
 from .train import train_adam, train_lbfgs
@@ -159,14 +159,6 @@ def _stage(name: str, seconds: float, errors: dict, residual: float, **extra) ->
     return row
 
 
-def _residual_norm(problem: PDEProblem, model, points) -> float:
-    """||f|| of the network (by jets where they apply); NaN/Inf raise the error that names the term."""
-    norm = residual_norm(problem, model, points)
-    if not math.isfinite(norm):
-        residual_rows(problem, model, points).values(ParamSpec.of(model).flatten(model))
-    return norm
-
-
 def print_table(stages: list[dict], file=None) -> None:
     """The stage table: name, relative L2, max error, residual, seconds."""
     file = sys.stdout if file is None else file  # resolved per call: sys.stdout can be replaced
@@ -222,23 +214,23 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
         for note in notes:
             print(f"checkpoint: {note}", file=sys.stderr)
         stages.append(_stage("checkpoint", t_load, model_errors(problem, model, dtype, device),
-                             _residual_norm(problem, model, points), path=str(args.checkpoint)))
+                             residual_norm(problem, model, points, check=True), path=str(args.checkpoint)))
     elif args.adam_steps > 0:
         t = time.perf_counter()
         hist = train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, progress)
         histories.extend(history_rows("adam", hist))
         stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             _residual_norm(problem, model, points), steps=args.adam_steps,
+                             residual_norm(problem, model, points, check=True), steps=args.adam_steps,
                              diverged=hist.diverged, backends=hist.backends))
     else:
         stages.append(_stage("init", 0.0, model_errors(problem, model, dtype, device),
-                             _residual_norm(problem, model, points)))
+                             residual_norm(problem, model, points, check=True)))
     if args.lbfgs_steps > 0:
         t = time.perf_counter()
         hist = train_lbfgs(problem, model, points, args.lbfgs_steps, progress=progress)
         histories.extend(history_rows("lbfgs", hist))
         stages.append(_stage("lbfgs", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             _residual_norm(problem, model, points), steps=args.lbfgs_steps,
+                             residual_norm(problem, model, points, check=True), steps=args.lbfgs_steps,
                              diverged=hist.diverged, backends=hist.backends))
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
     result = lsr(problem, model, points=points, rank=args.rank, subspace=args.subspace,

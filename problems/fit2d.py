@@ -25,7 +25,8 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
 from pinnlsr import runfolder
-from pinnlsr.runner import _residual_norm, _stage, check_options, print_table, run_guarded
+from pinnlsr.jet_plans import residual_norm
+from pinnlsr.runner import _stage, check_options, print_table, run_guarded
 from pinnlsr.settings import Parser, RunSettings, add_device_options, add_settings, device_and_dtype
 from pinnlsr.train import train_adam
 
@@ -117,11 +118,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.checkpoint is not None:
         ckpt.load_into(model, args.checkpoint)
         stages.append(_stage("checkpoint", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             _residual_norm(problem, model, points), path=str(args.checkpoint)))
+                             residual_norm(problem, model, points, check=True), path=str(args.checkpoint)))
     else:
         train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, False if args.quiet else None)
         stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             _residual_norm(problem, model, points), steps=args.adam_steps))
+                             residual_norm(problem, model, points, check=True), steps=args.adam_steps))
     m = ParamSpec.of(model).numel
     max_rank = min(m, problem.x_train.shape[0], args.max_rank or m)
     result = lsr_rank_scan(problem, model, points=points, validation=problem.validation(),

@@ -41,7 +41,8 @@ from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
 from pinnlsr import runfolder
-from pinnlsr.runner import _residual_norm, _stage, check_options, run_guarded
+from pinnlsr.jet_plans import residual_norm
+from pinnlsr.runner import _stage, check_options, run_guarded
 from pinnlsr.settings import (Parser, RunSettings, add_alias, add_device_options, add_settings, device_and_dtype,
                               parse_counts)
 from pinnlsr.train import train_adam
@@ -224,7 +225,7 @@ def run_noise(args, noise: float) -> tuple[list[dict], dict]:
     t = time.perf_counter()
     train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, False if args.quiet else None)
     adam = _stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                  _residual_norm(problem, model, points), steps=args.adam_steps, noise=noise)
+                  residual_norm(problem, model, points, check=True), steps=args.adam_steps, noise=noise)
     m = ParamSpec.of(model).numel
     max_rank = min(m, args.max_rank or m)
     result = lsr_rank_scan(problem, model, points=points, validation=problem.validation(),
