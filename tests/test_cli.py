@@ -1,4 +1,4 @@
-"""`pinnlsr run module:Class` and `pinnlsr run file.py:Class` run a user's own problem class."""
+"""The `pinnlsr` command: list, run (a built-in problem, `module:Class` or `file.py:Class`), report."""
 import json
 
 from pinnlsr import cli
@@ -56,3 +56,19 @@ def test_a_name_that_is_not_a_problem_class_is_a_clear_error(tmp_path, capsys):
         assert cli.main(["run", spec]) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1, err
+
+
+def test_list_names_every_problem_module(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("poisson2d", "burgers1d", "kovasznay", "deeponet_burgers"):
+        assert name in out
+
+
+def test_unknown_problem_and_command_are_input_errors(capsys):
+    assert cli.main(["run", "no_such_problem"]) == 2
+    assert "no_such_problem" in capsys.readouterr().err
+    try:
+        cli.main(["frobnicate"])
+    except SystemExit as exc:  # argparse's own usage error
+        assert exc.code == 2

@@ -1,0 +1,45 @@
+"""pinnlsr.runner: the stage records and table, option checks, and a whole tiny run's metrics.json
+(run output contract: docs/run_output.md)."""
+import io as _io
+import json
+import math
+
+import pytest
+
+from pinnlsr import runner
+from pinnlsr.settings import parse_counts
+from problems.poisson2d import Poisson2D
+
+
+def test_stage_records_and_the_table():
+    row = runner._stage("lsr", 1.5, {"rel_l2": 1e-9, "max_abs_err": 2e-9, "rel_l2_0": 1e-9}, 3e-7, rank=40)
+    assert row == {"name": "lsr", "rel_l2": 1e-9, "max_abs_err": 2e-9, "residual": 3e-7, "seconds": 1.5,
+                   "rel_l2_0": 1e-9, "rank": 40}
+    out = _io.StringIO()
+    runner.print_table([row, runner._stage("adam", 0.25, {}, 1.0)], file=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["stage", "rel_l2", "max_err", "residual", "seconds"]
+    assert lines[1].split() == ["lsr", "1.000e-09", "2.000e-09", "3.000e-07", "1.50"]
+    assert lines[2].split()[1] == "—"  # no reference error: a dash, not "None"
+
+
+def test_point_counts_are_checked():
+    assert parse_counts(["pde=30", "bc=8"]) == {"pde": 30, "bc": 8}
+    for bad in (["pde"], ["pde=0"], ["pde=x"]):
+        with pytest.raises((ValueError, SystemExit)):
+            parse_counts(bad)
+
+
+def test_a_tiny_run_writes_the_contract(tmp_path):
+    problem = Poisson2D()
+    args = runner.build_parser(problem).parse_args(
+        ["--adam-steps", "20", "--points", "pde=60", "bc=24", "--quiet", "--no-plot", "--out", str(tmp_path)])
+    metrics = runner.run(problem, args)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["problem"] == "poisson2d" and [s["name"] for s in saved["stages"]] == ["adam", "lsr"]
+    for stage in saved["stages"]:
+        assert {"name", "rel_l2", "max_abs_err", "residual", "seconds"} <= set(stage)
+        assert math.isfinite(stage["residual"]) and stage["seconds"] >= 0
+    assert saved["stages"][1]["residual"] < saved["stages"][0]["residual"]
+    assert metrics["stages"][-1]["rel_l2"] == saved["stages"][-1]["rel_l2"]
+    assert (tmp_path / "config.json").is_file()
