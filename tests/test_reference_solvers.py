@@ -91,7 +91,7 @@ def test_hopf_cole_burgers_converges_and_confirms_the_shared_reference():
     that burgers1d's accuracy claims need."""
     import os
 
-    from pinnlsr import io
+    from pinnlsr.datafolder import data_dir
     from pinnlsr.reference_solvers import burgers_hopf_cole
 
     x = np.linspace(-1, 1, 33)
@@ -101,7 +101,7 @@ def test_hopf_cole_burgers_converges_and_confirms_the_shared_reference():
     np.testing.assert_array_equal(burgers_hopf_cole(x, 0.0), -np.sin(np.pi * x))
     assert abs(burgers_hopf_cole(np.array([0.0]), 0.7)[0]) <= 1e-12  # odd in x: zero at the shock
     try:
-        path = io.data_dir() / "deepxde" / "Burgers.npz"
+        path = data_dir() / "deepxde" / "Burgers.npz"
     except FileNotFoundError:
         path = None
     if path is None or not path.is_file():
