@@ -1,6 +1,11 @@
-"""The shared reference data for tests: skipped on a machine without it."""
+"""The shared reference data for tests: skipped on a machine without it, an error under CI.
+
+CI runs with ``../shared/data`` beside the clone (environment variable ``CI`` set), so there a
+missing folder or file fails the test instead of skipping it silently.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,8 +13,15 @@ import pytest
 from pinnlsr.datafolder import data_dir
 
 
+def under_ci() -> bool:
+    """Whether the environment variable ``CI`` is set (to anything but "", "0" or "false")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
 def missing(reason: str) -> None:
-    """Skip the test."""
+    """Fail the test under CI, skip it elsewhere."""
+    if under_ci():
+        pytest.fail(f"{reason}; CI must run with the shared data folder at ../shared/data", pytrace=False)
     pytest.skip(reason)
 
 

@@ -1,10 +1,10 @@
-"""pinnlsr.datafolder: where the shared reference data lives."""
+"""pinnlsr.datafolder: where the shared reference data lives; the tests' skip-or-fail rule for it."""
 from __future__ import annotations
 
 import pytest
 
 from pinnlsr import datafolder
-from shared_data import data_folder, reference_file
+from shared_data import data_folder, missing, reference_file
 
 
 def test_data_dir_explicit_and_env(tmp_path, monkeypatch):
@@ -36,3 +36,21 @@ def test_data_file_and_existing_file(tmp_path):
 def test_data_dir_default_finds_shared():
     assert (data_folder() / "README.md").exists()
     assert reference_file("deepxde/Burgers.npz").is_file()
+
+
+@pytest.mark.parametrize("ci,outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                        ("", pytest.skip.Exception), ("false", pytest.skip.Exception),
+                                        (None, pytest.skip.Exception)])
+def test_missing_data_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_path, ci, outcome):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="not available"):
+        missing("reference file x not available")
+    monkeypatch.setenv(datafolder.ENV_VAR, str(tmp_path))
+    with pytest.raises(outcome, match="nothere.npz"):
+        reference_file("nothere.npz")
+    monkeypatch.setenv(datafolder.ENV_VAR, str(tmp_path / "gone"))
+    with pytest.raises(outcome, match="folder not available"):
+        data_folder()
