@@ -147,9 +147,9 @@ class PDEProblem:
         """(points (N, d), values (N, k)) for error metrics, or None when the problem has neither
         an exact solution nor reference data. The default uses :meth:`test_points` and
         :meth:`exact`; with :attr:`reference_path` set it loads that file (through
-        :func:`pinnlsr.io.load_reference`) and checks its columns against the problem."""
+        :func:`pinnlsr.readers.load_reference`) and checks its columns against the problem."""
         if self.reference_path is not None:
-            from .io import load_reference
+            from .readers import load_reference
 
             ref = load_reference(self.reference_path, dim=self.dim)
             ref.check(self.dim, self.n_outputs)

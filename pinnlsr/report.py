@@ -105,7 +105,7 @@ def write_fields(out: Path, points: np.ndarray, reference: np.ndarray, predictio
     """Fields for ParaView: ``solution.vtu`` (reference, each stage's prediction and |error| per
     output at the reference points) or, for a space-time problem (last input named "t") whose
     points form a space × time grid, an XDMF time series ``solution.xdmf`` + ``solution.h5``."""
-    from .io import write_vtu, write_xdmf_timeseries
+    from .meshfiles import write_vtu, write_xdmf_timeseries
 
     fields: dict[str, np.ndarray] = {}
     for j, name in enumerate(output_names):

@@ -22,7 +22,7 @@ RUN_FILES = ("config.json", "metrics.json", "model.pt", "history.csv", "predicti
              "compare.png")
 #: the checkpoints an interrupted run resumes from
 CHECKPOINTS = ("ilsr.pt", "ilsr_window*.pt")
-#: temporary files and folders of atomic writes (pinnlsr.io): ".NAME.XXXXXXXX.tmp", ".NAME.XXXX.tmp.vtu", ...
+#: temporary files and folders of atomic writes (pinnlsr.io, pinnlsr.meshfiles): ".NAME.XXXXXXXX.tmp", ".NAME.XXXX.tmp.vtu", ...
 TEMPORARY = (".*.tmp", ".*.tmp.vtu", ".predictions.npz.*.npz")
 
 

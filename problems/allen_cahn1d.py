@@ -61,7 +61,7 @@ class AllenCahn1D(PDEProblem):
 
     def reference(self):
         if self._ref is None:
-            from pinnlsr.io import load_allen_cahn_mat
+            from pinnlsr.datasets import load_allen_cahn_mat
 
             ref = load_allen_cahn_mat(variant="jaxpi")
             self._ref = (torch.from_numpy(ref.points), torch.from_numpy(ref.values))

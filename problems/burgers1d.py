@@ -55,7 +55,7 @@ class Burgers1D(PDEProblem):
 
     def reference(self):
         if self._ref is None:
-            from pinnlsr.io import load_burgers_npz
+            from pinnlsr.datasets import load_burgers_npz
 
             ref = load_burgers_npz()
             self._ref = (torch.from_numpy(ref.points), torch.from_numpy(ref.values))

@@ -28,7 +28,8 @@ from torch import nn
 
 from pinnlsr import checkpoint as ckpt
 from pinnlsr.deeponet import DeepONet
-from pinnlsr.io import atomic_write_json, load_antiderivative
+from pinnlsr.datasets import load_antiderivative
+from pinnlsr.io import atomic_write_json
 from pinnlsr.metrics import predict
 from pinnlsr.models import ParamSpec
 from pinnlsr.problem import PDEProblem, Term

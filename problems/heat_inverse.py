@@ -31,7 +31,9 @@ from torch import nn
 
 from pinnlsr import operators as op
 from pinnlsr.geometry import Box, TimeDomain
-from pinnlsr.io import atomic_write_json, data_file, load_points_dat
+from pinnlsr.datafolder import data_file
+from pinnlsr.io import atomic_write_json
+from pinnlsr.readers import load_points_dat
 from pinnlsr.metrics import model_errors
 from pinnlsr import jacobian as jac
 from pinnlsr.models import MLP, LinearizedModel, ParamSpec

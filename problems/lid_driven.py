@@ -69,7 +69,8 @@ class LidDriven(PDEProblem):
 
     def reference(self):
         if self._ref is None:
-            from pinnlsr.io import data_file, load_dat
+            from pinnlsr.datafolder import data_file
+            from pinnlsr.readers import load_dat
 
             ref = load_dat(data_file("pinnacle/lid_driven_a4.dat"), input_names=("x", "y"),
                            output_names=("u", "v", "p"))

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from pinnlsr import io
+from pinnlsr.datafolder import data_file
 from pinnlsr.reference_solvers import burgers_hopf_cole
 
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    with np.load(io.data_dir() / "deepxde" / "Burgers.npz", allow_pickle=False) as d:
+    with np.load(data_file("deepxde/Burgers.npz"), allow_pickle=False) as d:
         x, t, usol = d["x"].ravel(), d["t"].ravel(), d["usol"]
     exact = np.stack([burgers_hopf_cole(x, float(tj), nodes=args.nodes) for tj in t], 1)
     diff = usol - exact

@@ -41,7 +41,8 @@ import torch
 
 from pinnlsr.interop import deepxde as px
 from pinnlsr.interop import deepxde_operator as pxo
-from pinnlsr.io import atomic_write_json, load_burgers_npz
+from pinnlsr.datasets import load_burgers_npz
+from pinnlsr.io import atomic_write_json
 from pinnlsr.reference_solvers import antiderivative
 from pinnlsr.allocator import tune_allocator
 from pinnlsr.settings import add_alias

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pinnlsr import checkpoint as ckpt
-from pinnlsr.io import load_burgers_npz
+from pinnlsr.datasets import load_burgers_npz
 from pinnlsr.metrics import error_metrics, predict
 from pinnlsr.plotting import plot_spacetime_comparison
 from problems.burgers1d import Burgers1D

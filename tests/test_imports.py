@@ -47,7 +47,8 @@ def test_no_import_cycles():
 #: Networks sit below problems (a problem names its default network); the dense solvers and the
 #: checkpoint/data readers below everything (they know nothing of PDEs or networks).
 LAYERS = {
-    "base": ["allocator", "io", "checkpoint", "solvers", "qr"],
+    "base": ["allocator", "io", "datafolder", "reference", "meshfiles", "readers", "datasets", "interpolation",
+             "checkpoint", "solvers", "qr"],
     "nn": ["models", "deeponet"],
     "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
                 "operators", "problem", "grf", "reference_solvers", "metrics"],

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.spatial import Delaunay
 
-from pinnlsr.io import write_vtu
+from pinnlsr.meshfiles import write_vtu
 from pinnlsr.lsr import lsr
 from pinnlsr.train import train_adam
 

@@ -89,10 +89,8 @@ def test_hopf_cole_burgers_converges_and_confirms_the_shared_reference():
     """The exact Burgers solution by quadrature: converged to 1e-14 in its nodes, and the shared
     spectral reference (deepxde/Burgers.npz) agrees with it to 1e-10 rel. L2, far below the 1e-6
     that burgers1d's accuracy claims need."""
-    import os
-
-    from pinnlsr import io
     from pinnlsr.reference_solvers import burgers_hopf_cole
+    from shared_data import reference_file
 
     x = np.linspace(-1, 1, 33)
     for t in (0.1, 0.5, 0.99):
@@ -100,15 +98,7 @@ def test_hopf_cole_burgers_converges_and_confirms_the_shared_reference():
         assert np.abs(a - b).max() <= 1e-14
     np.testing.assert_array_equal(burgers_hopf_cole(x, 0.0), -np.sin(np.pi * x))
     assert abs(burgers_hopf_cole(np.array([0.0]), 0.7)[0]) <= 1e-12  # odd in x: zero at the shock
-    try:
-        path = io.data_dir() / "deepxde" / "Burgers.npz"
-    except FileNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        if os.environ.get("CI"):
-            pytest.fail("deepxde/Burgers.npz is missing: CI runs with the shared data beside the clone")
-        pytest.skip("shared reference data not available")
-    with np.load(path, allow_pickle=False) as d:
+    with np.load(reference_file("deepxde/Burgers.npz"), allow_pickle=False) as d:
         xs, ts, usol = d["x"].ravel(), d["t"].ravel(), d["usol"]
     cols = [0, 25, 50, 67, 99]  # t = 0, 0.25, 0.5, 0.67 (the steepest shock) and 0.99
     exact = np.stack([burgers_hopf_cole(xs, float(ts[j])) for j in cols], 1)

@@ -68,7 +68,7 @@ def test_cli_list_and_run_help(capsys):
 
 
 def test_run_folder_has_fields_for_paraview(run_dir):
-    from pinnlsr.io import read_mesh_fields
+    from pinnlsr.meshfiles import read_mesh_fields
 
     points, fields = read_mesh_fields(run_dir / "solution.vtu")
     with np.load(run_dir / "predictions.npz", allow_pickle=False) as data:
@@ -79,7 +79,7 @@ def test_run_folder_has_fields_for_paraview(run_dir):
 
 
 def test_space_time_fields_go_to_an_xdmf_time_series(tmp_path):
-    from pinnlsr.io import read_xdmf_timeseries
+    from pinnlsr.meshfiles import read_xdmf_timeseries
     from pinnlsr.report import write_fields
 
     x, t = np.linspace(-1, 1, 7), np.linspace(0, 1, 4)

@@ -25,6 +25,7 @@ SYNONYMS = {
 }
 #: scripts without --device/--dtype, and why
 NO_DEVICE = {
+    "bench_interpolation": "NumPy/SciPy interpolation timings on the CPU",
     "bench_training": "CPU float64 timings side by side with hand-written autograd and DeepXDE",
     "deepxde_finetune": "DeepXDE trains on its own device and dtype",
     "error_by_region": "reads a run folder",

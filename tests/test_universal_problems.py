@@ -170,7 +170,7 @@ def test_antiderivative_data_floor_of_any_linear_operator():
     operator is linear): the floor that bounds what refinement can gain on this problem."""
     import numpy as np
 
-    from pinnlsr.io import load_antiderivative
+    from pinnlsr.datasets import load_antiderivative
 
     train, test = load_antiderivative("train"), load_antiderivative("test")
     a = np.hstack([train.X_branch, np.ones((train.X_branch.shape[0], 1))])
