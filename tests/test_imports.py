@@ -73,3 +73,9 @@ def test_imports_go_down_the_layers_only():
     upward = sorted(f"{a} ({names[level[a]]}) imports {b} ({names[level[b]]})"
                     for a in graph for b in graph[a] if level[b] > level[a])
     assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
+
+
+def test_no_module_is_over_600_lines():
+    long = sorted(f"{p.relative_to(PACKAGE.parent)} ({n} lines)" for p in PACKAGE.rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > 600)
+    assert not long, f"modules over 600 lines (split them along their concepts): {long}"

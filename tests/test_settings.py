@@ -27,10 +27,12 @@ SYNONYMS = {
 NO_DEVICE = {
     "bench_interpolation": "NumPy/SciPy interpolation timings on the CPU",
     "bench_training": "CPU float64 timings side by side with hand-written autograd and DeepXDE",
+    "check_burgers_reference": "NumPy quadrature against a data file",
     "deepxde_finetune": "DeepXDE trains on its own device and dtype",
     "error_by_region": "reads a run folder",
     "error_by_time": "reads a run folder",
     "figure_burgers1d": "draws a saved network",
+    "gpu_check": "its --device is the device compared with the CPU, in float64 as the pipelines' defaults",
     "results_poisson2d": "the README table (CPU, float64)",
 }
 RUNNER_PROBLEMS = ("poisson2d", "burgers1d", "allen_cahn1d", "kovasznay")
