@@ -53,9 +53,20 @@ def error_metrics(prediction: torch.Tensor, reference: torch.Tensor) -> dict[str
 
 
 def model_errors(problem: PDEProblem, model: nn.Module, dtype: torch.dtype, device) -> dict[str, float]:
-    """Error metrics of ``model`` against the problem's reference ({} when there is none)."""
+    """Error metrics of ``model`` against the problem's reference ({} when there is none), and
+    ``rel_l2_<region>`` / ``max_abs_err_<region>`` on each of the problem's
+    :meth:`~pinnlsr.problem.PDEProblem.error_regions` beside the all-point numbers."""
     ref = reference_on(problem, dtype, device)
     if ref is None:
         return {}
     x, u = ref
-    return error_metrics(predict(model, x), u)
+    pred = predict(model, x)
+    out = error_metrics(pred, u)
+    for name, mask in problem.error_regions(x).items():
+        mask = torch.as_tensor(mask, device=x.device).reshape(-1)
+        if mask.dtype != torch.bool or mask.shape[0] != x.shape[0] or not bool(mask.any()):
+            raise ValueError(f"{problem.name}: error region {name!r} must be a non-empty boolean mask of the "
+                             f"{x.shape[0]} reference points")
+        sub = error_metrics(pred[mask], u[mask])
+        out[f"rel_l2_{name}"], out[f"max_abs_err_{name}"] = sub["rel_l2"], sub["max_abs_err"]
+    return out

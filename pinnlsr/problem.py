@@ -160,6 +160,11 @@ class PDEProblem:
         except NotImplementedError:
             return None
 
+    def error_regions(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named subsets of the reference points x (N, d), as boolean masks (N,), on which errors
+        are reported too (``rel_l2_<name>``), e.g. away from a singularity; none by default."""
+        return {}
+
     def default_model(self, generator: torch.Generator | None = None,
                       dtype: torch.dtype = torch.float64, device="cpu") -> nn.Module:
         """The network this problem trains by default (an MLP, 3 hidden layers of 30, tanh)."""
