@@ -28,7 +28,7 @@ from . import jacobian as jac
 from .jet_plans import JetLoss
 from .linearize import JacobianOperator
 from .lsr import _resolve_device, choose_basis, prepare_model
-from .metrics import model_errors
+from .metrics import before_and_after, model_errors
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
 from .residual import Rows, output_rows, residual_rows
@@ -250,6 +250,7 @@ def tangent_gauss_newton(
     # residual values of the predictor by jets where they apply (one jet pass and one jvp)
     train_values, val_values = JetLoss(rows, lin, z), JetLoss(val_rows, lin, z)
     backends: dict[str, str] = {}
+    error_keys: set[str] = set()  # the metrics model_errors gives, kept in every record
 
     def record(it: int, f_norm: float, **extra) -> dict:
         with torch.no_grad():
@@ -257,7 +258,9 @@ def tangent_gauss_newton(
         rec = {"iteration": it, "residual": f_norm, "validation_residual": val, **extra}
         if compute_errors:
             lin.z.data.copy_(z)
-            rec.update(model_errors(problem, lin, dtype, device))
+            errors = model_errors(problem, lin, dtype, device)
+            error_keys.update(errors)
+            rec.update(errors)
         rec["seconds"] = time.perf_counter() - t_start
         return rec
 
@@ -335,8 +338,6 @@ def tangent_gauss_newton(
         "jacobian_backends": backends or {"all": "direct: vmap(jacrev) in z"},
         "value_backends": train_values.backends,
     }
-    for key in ("rel_l2", "max_abs_err"):
-        if key in history[0]:
-            diag[f"{key}_before"] = history[0][key]
-            diag[f"{key}_after"] = history[best_it][key]
+    if compute_errors:
+        before_and_after(diag, *({k: rec[k] for k in error_keys} for rec in (history[0], history[best_it])))
     return GaussNewtonResult(lin, best_z, basis, history, best_it, stop, points, validation_points, diag)

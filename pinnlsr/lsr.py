@@ -20,7 +20,7 @@ from . import jacobian as jac
 from .engine import StructuredJacobian
 from .jet_plans import JetLoss
 from .linearize import JacobianOperator, check_mode
-from .metrics import model_errors
+from .metrics import before_and_after, model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
 from .qr import Reducer
@@ -256,12 +256,7 @@ def lsr(
         "jacobian_backends": op.backends,
     }
     if compute_errors:
-        before = model_errors(problem, net, dtype, device)
-        after = model_errors(problem, refined, dtype, device)
-        for key, val in before.items():
-            diag[f"{key}_before"] = val
-        for key, val in after.items():
-            diag[f"{key}_after"] = val
+        before_and_after(diag, model_errors(problem, net, dtype, device), model_errors(problem, refined, dtype, device))
     if not residual_after <= diag["residual_before"]:
         warnings.warn(
             f"LSR raised the residual of the predictor from {diag['residual_before']:.3e} to "

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import linearize
 from .lsr import FULL_SPACE_MAX_PARAMS, _peak_memory_gb, choose_basis, prepare_refinement
-from .metrics import model_errors, predict, reference_on
+from .metrics import before_and_after, model_errors, predict, reference_on
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
 from .residual import output_rows, residual_rows
@@ -294,10 +294,7 @@ def lsr_rank_scan(
         diag["validation_before"] = scan.validation_error[0]
         diag["validation_after"] = scan.validation_error[j]
     if compute_errors:
-        for key, v in model_errors(problem, net, dtype, device).items():
-            diag[f"{key}_before"] = v
-        for key, v in model_errors(problem, refined, dtype, device).items():
-            diag[f"{key}_after"] = v
+        before_and_after(diag, model_errors(problem, net, dtype, device), model_errors(problem, refined, dtype, device))
     timings["diagnostics"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     diag["seconds"] = timings
@@ -328,7 +325,7 @@ def scan_stage(result: RankScanResult, name: str = "lsr") -> dict:
     for key in ("validation_before", "validation_after"):
         if key in d:
             stage[key] = d[key]
-    stage.update({k[:-6]: v for k, v in d.items() if k.startswith("rel_l2_") and k.endswith("_after")})
+    stage.update({k: v for k, v in d.get("errors_after", {}).items() if k.startswith("rel_l2_")})
     return stage
 
 

@@ -241,8 +241,7 @@ def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
     if d["rank_used"] == ParamSpec.of(model).numel:
         print(f"warning: LSR used all {d['rank_used']} parameter directions (rank_used == n_params): the network "
               "is probably too small for the problem; a larger one (--model) can reach a lower error", file=sys.stderr)
-    errors_after = {k[:-6]: v for k, v in d.items() if k.endswith("_after") and k.startswith(("rel_l2", "max_abs"))}
-    stages.append(_stage("lsr", d["seconds"]["total"], errors_after, d["residual_after"], rank=d["rank"],
+    stages.append(_stage("lsr", d["seconds"]["total"], d.get("errors_after", {}), d["residual_after"], rank=d["rank"],
                          rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
                          linearized_residual=d["linearized_residual"], seconds_by_phase=d["seconds"],
                          peak_memory_gb=d["peak_memory_gb"], backends=d["jacobian_backends"]))

@@ -278,3 +278,11 @@ def test_trainers_call_back_at_logged_steps_and_stop_at_max_seconds():
     assert seen[-1] == ("lbfgs", 0) and hist.step == [0]
     after = float(residual_rows(problem, model, points).values(ParamSpec.of(model).flatten(model)).norm())
     assert after < before
+
+
+def test_errors_before_and_after_are_one_record_each():
+    problem = TinyPoisson(n_pde=40, n_bc=16)
+    d = lsr(problem, tiny_mlp(), points=problem.sample_points(torch.Generator().manual_seed(0))).diagnostics
+    assert set(d["errors_after"]) == {"rel_l2", "max_abs_err"} and set(d["errors_before"]) == set(d["errors_after"])
+    assert all(d[f"{k}_after"] == v for k, v in d["errors_after"].items())
+    assert all(d[f"{k}_before"] == v for k, v in d["errors_before"].items())
