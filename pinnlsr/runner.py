@@ -277,11 +277,10 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
                                   device=device, memory_budget=memory_budget)
         best = gn.history[gn.best_iteration]
         predictors["gauss_newton"] = gn.model
-        stages.append({"name": "gauss_newton", "rel_l2": best.get("rel_l2"), "max_abs_err": best.get("max_abs_err"),
-                       "residual": best["residual"], "seconds": gn.diagnostics["seconds"], "rank": gn.basis.rank,
-                       "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
-                       "backends": gn.diagnostics["jacobian_backends"],
-                       "history": [{k: h.get(k) for k in keep} for h in gn.history]})
+        stages.append(_stage("gauss_newton", gn.diagnostics["seconds"], gn.diagnostics.get("errors_after", {}),
+                             best["residual"], rank=gn.basis.rank, validation_residual=best["validation_residual"],
+                             stop_reason=gn.stop_reason, backends=gn.diagnostics["jacobian_backends"],
+                             history=[{k: h.get(k) for k in keep} for h in gn.history]))
     if args.ilsr_outer > 0:
         options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
                        oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
@@ -294,15 +293,14 @@ def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, to
                                  out_dir=args.out, **options)
         best = res.history[res.best_iteration]
         predictors["ilsr"] = res.model
-        stages.append({"name": "ilsr", "rel_l2": res.diagnostics.get("rel_l2"),
-                       "max_abs_err": res.diagnostics.get("max_abs_err"), "residual": best["residual"],
-                       "seconds": res.diagnostics["seconds"], "rank": best.get("rank"),
-                       "validation_residual": res.diagnostics["validation_residual"],
-                       "best_iteration": res.best_iteration,
-                       "backends": res.diagnostics["backends"].get("gauss_newton", {}),
-                       "alignment_backends": res.diagnostics["backends"].get("alignment", {}),
-                       "history": [{k: h.get(k) for k in keep + ("accepted", "network_rel_l2")
-                                    + (("window",) if windows else ())} for h in res.history]})
+        errors = model_errors(problem, res.model, dtype, device)  # every metric, as the lsr stage has
+        stages.append(_stage("ilsr", res.diagnostics["seconds"], errors, best["residual"], rank=best.get("rank"),
+                             validation_residual=res.diagnostics["validation_residual"],
+                             best_iteration=res.best_iteration,
+                             backends=res.diagnostics["backends"].get("gauss_newton", {}),
+                             alignment_backends=res.diagnostics["backends"].get("alignment", {}),
+                             history=[{k: h.get(k) for k in keep + ("accepted", "network_rel_l2")
+                                       + (("window",) if windows else ())} for h in res.history]))
         if windows:
             stages[-1]["windows"] = res.diagnostics["windows"]
     return stages

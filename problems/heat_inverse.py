@@ -38,7 +38,7 @@ from pinnlsr.metrics import model_errors
 from pinnlsr import jacobian as jac
 from pinnlsr.models import MLP, LinearizedModel, ParamSpec
 from pinnlsr.residual import residual_rows
-from pinnlsr.solvers import solve
+from pinnlsr.solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
@@ -153,13 +153,15 @@ class HeatInverse(PDEProblem):
 
 
 def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: dict, validation: PDEProblem,
-                         iterations: int, validation_limit: float, rcond: float = 1e-12
+                         iterations: int, validation_limit: float, rcond: float = 1e-12, max_tries: int = 12
                          ) -> tuple[LinearizedModel, list[dict], float]:
-    """Gauss–Newton in the coefficients z of the refined predictor u0 + J V z (the PDE term a·Δu is
-    quadratic in z, so one linear solve is not its minimizer). Each step solves
-    min_δ ||f(z) + (∂f/∂z) δ|| and is kept only if it lowers the training residual and keeps the
-    validation error at most ``validation_limit`` (the trained network's: never worse than it).
-    Returns the predictor, one record per iteration and the predictor's residual."""
+    """Levenberg–Marquardt in the coefficients z of the refined predictor u0 + J V z (the PDE term
+    a·Δu is quadratic in z, so one linear solve is not its minimizer): the damped step of
+    :class:`pinnlsr.solvers.DampedLeastSquares` with Nielsen's rule, starting nearly undamped.
+    A trial step is kept only if it lowers the training residual and keeps the validation error at
+    most ``validation_limit`` (the trained network's: never worse than it); otherwise the damping
+    grows, up to ``max_tries`` trials per iteration. Returns the predictor, one record per
+    iteration and the predictor's residual."""
     history = []
     val_points = validation.sample_points(torch.Generator())
 
@@ -168,20 +170,29 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
         return (float(residual_rows(problem, model, points).values(theta).norm()),
                 float(residual_rows(validation, model, val_points).values(theta).norm()))
 
-    residual, val = scores(refined)
+    residual = scores(refined)[0]
+    rule = None
     for it in range(iterations):
         z = refined.z.detach()
         rows = residual_rows(problem, refined, points)
-        sol = solve(jac.jacobian(rows, z), -rows.values(z), "svd", rcond)
-        candidate = copy.deepcopy(refined)
-        with torch.no_grad():
-            candidate.z.add_(sol.z)
-        new_residual, new_val = scores(candidate)
-        accepted = new_val <= validation_limit and new_residual < residual
-        history.append({"iteration": it + 1, "residual": new_residual, "validation": new_val, "accepted": accepted})
+        step = DampedLeastSquares(jac.jacobian(rows, z), -rows.values(z), rcond)
+        rule = rule or LevenbergMarquardtDamping.relative(1e-20, step.sigma_max)
+        for tries in range(1, max_tries + 1):
+            delta = step.solve(rule.mu)
+            candidate = copy.deepcopy(refined)
+            with torch.no_grad():
+                candidate.z.add_(delta)
+            new_residual, new_val = scores(candidate)
+            accepted = new_val <= validation_limit and new_residual < residual
+            if accepted:
+                rule.accepted(gain_ratio(residual, new_residual, step.residual_norm(delta)))
+                break
+            rule.rejected()
+        history.append({"iteration": it + 1, "residual": new_residual, "validation": new_val, "accepted": accepted,
+                        "tries": tries})
         if not accepted:
             break
-        refined, residual, val = candidate, new_residual, new_val
+        refined, residual = candidate, new_residual
     return refined, history, residual
 
 
