@@ -64,7 +64,7 @@ from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
 from .qr import Reducer, r_factor
 from .residual import Rows, output_rows, residual_rows
-from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
+from .solvers import DampedLeastSquares, DampingSearch, no_tf32
 
 #: rows of the sketch Ω drawn from one seed: a rank draws only the blocks that hold its rows
 SKETCH_BLOCK_ROWS = 4096
@@ -273,7 +273,7 @@ class ShardedGaussNewton:
 
 def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], rank: int, *,
                  validation_points: dict[str, torch.Tensor] | None = None, oversampling: int = 10,
-                 seed: int = 0, max_iters: int = 20, damping: float = 1e-20, max_tries: int = 12,
+                 seed: int = 0, max_iters: int = 20, damping: float = 1e-20, max_tries: int = 30,
                  patience: int = 3, tol: float = 1e-12, rcond: float | None = 1e-14,
                  memory_budget: int | None = None, group=None, device=None) -> ShardedGaussNewton:
     """Tangent Gauss–Newton with the points (and validation points) sharded over the process group.
@@ -281,8 +281,8 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
     Starts from the sharded one-shot LSR step (:func:`lsr_step`: basis V and z), then each
     iteration forms this rank's rows of A = df/dz (the shifted network's jet rows times V, as
     :func:`pinnlsr.gauss_newton.shifted_jacobian`) and of f, reduces the R factor of [A | f] up the
-    tree, and takes damped steps from it (:class:`pinnlsr.solvers.DampedLeastSquares`, Nielsen's
-    rule) accepted when the residual norm over all ranks falls. The returned z has the lowest
+    tree, and takes damped steps from it (:class:`pinnlsr.solvers.DampedLeastSquares`, damping chosen
+    by :class:`pinnlsr.solvers.DampingSearch`) accepted when the residual norm over all ranks falls. The returned z has the lowest
     validation residual (``validation_points``: global sets; default: drawn as
     :func:`pinnlsr.gauss_newton.draw_validation_points` does); every rank returns the same result,
     equal to the one-process run up to rounding."""
@@ -309,7 +309,8 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
     f_norm = global_norm(f, group)
     history = [{"iteration": 0, "residual": f_norm, "validation_residual": global_norm(val.values(z), group),
                 "damping": None, "tries": 0}]
-    best, stop, rule = ValidationStop(z, history[0]["validation_residual"], patience, tol), "max_iters", None
+    best, stop = ValidationStop(z, history[0]["validation_residual"], patience, tol), "max_iters"
+    search = DampingSearch(damping, max_tries=max_tries)
     for it in range(1, max_iters + 1):
         lin.z.data.copy_(z)
         shifted_rows = _local_rows(problem, ShiftedNetwork(lin), mine, points)  # u + J·V·z at this z
@@ -317,30 +318,27 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
             a = JacobianOperator(shifted_rows, lin.theta0, "auto", memory_budget).matmul(V)  # (n_local, r)
             local = r_factor(torch.cat([a, -f.unsqueeze(1)], 1))
             step = DampedLeastSquares.from_factor(tree_r(local, group) if world > 1 else local, n_rows, rcond)
-        rule = rule or LevenbergMarquardtDamping.relative(damping, step.sigma_max)
-        tries, accepted = 0, None
-        while tries < max_tries:
-            tries += 1
-            delta = step.solve(rule.mu)
+
+        def evaluate(delta):
             f_try = train.values(z + delta)
-            try_norm = global_norm(f_try, group)
-            if try_norm < f_norm:
-                accepted = (z + delta, f_try, try_norm, gain_ratio(f_norm, try_norm, step.residual_norm(delta)))
-                rule.accepted(accepted[3])
-                break
-            rule.rejected()
-        if accepted is None:
+            return global_norm(f_try, group), f_try  # inf or nan when not finite: refused
+
+        def validate(delta, f_try):
+            return global_norm(val.values(z + delta), group)
+
+        trial, tries, _ = search.choose(step, f_norm, evaluate, validate)
+        if trial is None:
             history.append({"iteration": it, "residual": f_norm, "validation_residual": None,
-                            "damping": rule.mu, "tries": tries})
+                            "damping": search.mu, "tries": tries})
             stop = "no_decrease"
             break
-        z, f, new_norm, _ = accepted
+        z, f, new_norm = z + trial.delta, trial.payload, trial.norm
         if world > 1:
             dist.broadcast(z, src=_global_rank(group, 0), group=group)  # bit-identical z everywhere
         decrease, f_norm = f_norm - new_norm, new_norm
         v_norm = global_norm(val.values(z), group)
         history.append({"iteration": it, "residual": f_norm, "validation_residual": v_norm,
-                        "damping": rule.mu, "tries": tries})
+                        "damping": trial.mu, "tries": tries})
         reason = best.update(it, z, v_norm, f_norm, decrease)
         if reason:
             stop = reason

@@ -6,17 +6,19 @@ so each step re-linearizes it in z: A = df/dz (n, r), and solves the damped prob
 
     min_δ ||f + A δ||² + μ ||δ||²
 
-through one SVD of A (several damping values per SVD cost one residual evaluation each). A trial step
-is accepted only when it lowers ||f|| on the collocation points, so the training residual never
-rises; μ grows after a rejection and shrinks after a good step (Nielsen's rule). Progress is judged
-on fresh *validation* points: the predictor can overfit the collocation points, so the result is the
-z with the lowest validation residual, and a run stops after ``patience`` accepted steps without a
-validation improvement.
+through one SVD of A (several damping values per SVD cost one residual evaluation each). Each
+linearization tries μ over decades (:class:`pinnlsr.solvers.DampingSearch`) and keeps the step with
+the lowest residual on fresh *validation* points among those that lower ||f|| on the collocation
+points, so the training residual never rises and the damping follows the problem at once (a rule
+that changes μ by a fixed factor per Jacobian takes one Jacobian per factor 3 or so of accuracy).
+The predictor can overfit the collocation points, so the result is the z with the lowest validation
+residual, and a run stops after ``patience`` accepted steps without a validation improvement.
 
 Starting from z = 0 with μ → 0 the first step is exactly one-shot LSR.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,7 +34,7 @@ from .metrics import before_and_after, model_errors
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
 from .residual import Rows, output_rows, residual_rows
-from .solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32
+from .solvers import DampedLeastSquares, DampingSearch, gain_ratio, no_tf32
 from .streaming import tsqr
 from .subspace import Basis
 
@@ -162,7 +164,7 @@ def tangent_gauss_newton(
     z0: torch.Tensor | None = None,
     max_iters: int = 20,
     damping: float = 1e-20,
-    max_tries: int = 12,
+    max_tries: int = 30,
     patience: int = 3,
     tol: float = 1e-12,
     rcond: float | None = 1e-14,
@@ -190,11 +192,10 @@ def tangent_gauss_newton(
             from ``rank``, ``subspace``, ``oversampling``, ``power_iterations``, ``scale_basis``.
         z0: starting coefficients (default 0: the first step is one-shot LSR).
         max_iters: Jacobian evaluations (outer LM iterations) at most.
-        damping: initial μ relative to σ_max(A)² (1e-20 damps directions with σ < 1e-10 σ_max:
-            nearly the undamped LSR step, which high-accuracy refinement needs); multiplied by 10
-            (then more) after each rejected trial, and by max(1/3, 1 - (2ρ - 1)³) after an accepted
-            one (ρ: gain ratio).
-        max_tries: trial steps per iteration before the run stops ("no_decrease").
+        damping: the μ the first damping search centres on, relative to σ_max(A)² (searched from
+            100 times it down to 1e-12 times it, then μ = 0; see :class:`pinnlsr.solvers.DampingSearch`).
+        max_tries: trial steps with growing damping, after the search found no decrease, before the
+            run stops ("no_decrease").
         patience: accepted steps without a validation improvement before stopping ("validation").
         tol: stop ("converged") when an accepted step lowers ||f|| by less than tol·||f||.
         rcond: singular values of A below rcond·σ_max are dropped from the step.
@@ -273,7 +274,7 @@ def tangent_gauss_newton(
     if callback:
         callback(history[-1])
     best = ValidationStop(z, history[0]["validation_residual"], patience, tol)
-    damping_rule: LevenbergMarquardtDamping | None = None
+    search = DampingSearch(damping, max_tries=max_tries)
     stop = "max_iters"
     for it in range(1, max_iters + 1):
         with no_tf32():
@@ -286,34 +287,27 @@ def tangent_gauss_newton(
                                       identity_basis=basis.method == "full")
                      if jacobian == "shifted" else z_jacobian(rows, z, spec.numel, memory_budget))
                 step = DampedLeastSquares(a, -f, rcond)  # through R when tall: SVD of the r×r R11
-        if damping_rule is None:
-            damping_rule = LevenbergMarquardtDamping.relative(damping, step.sigma_max)
-        tries, accepted = 0, None
-        while tries < max_tries:
-            tries += 1
-            delta = step.solve(damping_rule.mu)
-            z_try = z + delta
-            f_try = _safe_values(train_values, z_try)
-            lin_res = step.residual_norm(delta)
-            if f_try is not None and _norm(f_try) < f_norm:
-                rho = gain_ratio(f_norm, _norm(f_try), lin_res)
-                accepted = (z_try, f_try, lin_res, _norm(delta), rho)
-                damping_rule.accepted(rho)
-                break
-            damping_rule.rejected()
-        mu = damping_rule.mu
-        if accepted is None:
-            history.append(record(it, f_norm, linearized_residual=None, damping=mu, step_norm=0.0,
-                                  gain_ratio=None, tries=tries, rejected=tries))
+
+        def evaluate(delta):
+            f_try = _safe_values(train_values, z + delta)
+            return (math.inf, None) if f_try is None else (_norm(f_try), f_try)
+
+        def validate(delta, f_try):
+            with torch.no_grad():
+                return _norm(val_values.values(z + delta))
+
+        trial, tries, refused = search.choose(step, f_norm, evaluate, validate)
+        if trial is None:
+            history.append(record(it, f_norm, linearized_residual=None, damping=search.mu, step_norm=0.0,
+                                  gain_ratio=None, tries=tries, rejected=refused))
             if callback:
                 callback(history[-1])
             stop = "no_decrease"
             break
-        z, f_new, lin_res, step_norm, rho = accepted
-        decrease = f_norm - _norm(f_new)
-        f, f_norm = f_new, _norm(f_new)
-        rec = record(it, f_norm, linearized_residual=lin_res, damping=mu, step_norm=step_norm, gain_ratio=rho,
-                     tries=tries, rejected=tries - 1)
+        rho = gain_ratio(f_norm, trial.norm, trial.linearized)
+        z, f, decrease, f_norm = z + trial.delta, trial.payload, f_norm - trial.norm, trial.norm
+        rec = record(it, f_norm, linearized_residual=trial.linearized, damping=trial.mu,
+                     step_norm=_norm(trial.delta), gain_ratio=rho, tries=tries, rejected=refused)
         history.append(rec)
         if callback:
             callback(rec)

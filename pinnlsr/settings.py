@@ -108,8 +108,8 @@ class RunSettings:
     tikhonov: float = setting(0.0, "Tikhonov regularisation λ of the reduced solve", float)
     memory_budget_gb: float | None = setting(None, "memory for Jacobian chunks (default: from free memory)", float)
     gn_iters: int = setting(0, "tangent Gauss–Newton iterations after LSR, a 'gauss_newton' stage (0: none)", int)
-    gn_damping: float = setting(1e-20, "initial Levenberg–Marquardt damping of the Gauss–Newton steps, relative "
-                                       "to σ_max² (1e-28: the first step is the one-shot LSR step at rcond 1e-14)",
+    gn_damping: float = setting(1e-20, "Levenberg–Marquardt damping the first Gauss–Newton step's search centres "
+                                       "on, relative to σ_max² (each step tries 100× it down to 1e-12× it and 0)",
                                 float)
     ilsr_outer: int = setting(0, "Iterative LSR outer iterations, an 'ilsr' stage (0: none); checkpointed to "
                                  "OUT/ilsr.pt (see --resume)", int)

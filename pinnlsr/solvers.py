@@ -109,29 +109,84 @@ class DampedLeastSquares:
         return math.hypot(float(torch.linalg.vector_norm(self._a @ z - self._b)), self.rho)
 
 
-class LevenbergMarquardtDamping:
-    """Nielsen's damping rule: μ ← μ·max(1/3, 1 - (2ρ - 1)³) after a step accepted with gain ratio
-    ρ, μ ← ν·μ and ν ← 2ν after a rejected one (ν restarts at ``growth`` after each acceptance);
-    μ never drops below ``floor``."""
+@dataclass
+class Trial:
+    """A damped step that was tried: ``delta`` (r,) for damping ``mu``, the training residual
+    ``norm`` it gives, its ``score`` (validation residual, or ``norm`` without validation),
+    the linearized residual ||A δ - b|| and whatever the evaluation returned (``payload``)."""
 
-    def __init__(self, mu: float, growth: float = 2.0, floor: float = 0.0):
-        self.mu, self.growth, self.nu, self.floor = mu, growth, growth, floor
+    delta: torch.Tensor
+    mu: float
+    norm: float
+    score: float
+    linearized: float
+    payload: object = None
 
-    @classmethod
-    def relative(cls, damping: float, sigma_max: float, growth: float = 10.0,
-                 floor: float = 1e-30) -> "LevenbergMarquardtDamping":
-        """μ0 = damping·σ_max² and the floor floor·σ_max², for the largest singular value σ_max of
-        the first linearization (1 when it is 0)."""
-        s_max2 = sigma_max**2 if sigma_max > 0 else 1.0
-        return cls(damping * s_max2, growth, floor * s_max2)
 
-    def rejected(self) -> None:
-        self.mu *= self.nu
-        self.nu *= 2.0
+class DampingSearch:
+    """The damping of each Levenberg–Marquardt step, chosen by trying it.
 
-    def accepted(self, gain_ratio: float) -> None:
-        self.mu = max(self.mu * max(1.0 / 3.0, 1.0 - (2.0 * gain_ratio - 1.0) ** 3), self.floor)
-        self.nu = self.growth
+    From one SVD (:class:`DampedLeastSquares`) every damped step costs O(r²) and one residual
+    evaluation, so instead of adapting μ by one factor per linearization (Nielsen's rule, which
+    walks down the regularization path by at most 3× per Jacobian) each linearization tries
+    μ_c·10^k for k = ``above``, ..., -``decades`` and then μ = 0 (the truncated-SVD step), from the
+    most damped down, and keeps the step with the lowest score (validation residual) among those
+    that lower the training residual; trying stops once the score has not improved ``patience``
+    times in a row. The next linearization centres on the damping kept. When no trial lowers the
+    residual (an overflowing or too long step), μ grows from μ_c·10^above by 10 per trial until one
+    does, at most ``max_tries`` more trials. μ_c starts at ``damping``·σ_max² of the first
+    linearization.
+    """
+
+    def __init__(self, damping: float, decades: int = 12, above: int = 2, patience: int = 2, max_tries: int = 30):
+        if damping < 0 or decades < 0 or above < 0 or patience < 1 or max_tries < 1:
+            raise ValueError("damping, decades and above must be >= 0, patience and max_tries >= 1")
+        self.damping, self.decades, self.above, self.patience, self.max_tries = damping, decades, above, patience, max_tries
+        self.mu: float | None = None  # the damping μ_c the next search centres on
+
+    def choose(self, step: DampedLeastSquares, f_norm: float, evaluate, validate=None
+               ) -> tuple[Trial | None, int, int]:
+        """The step to take from ``step`` (the damped problem of the current linearization) at
+        training residual ``f_norm``, the number of trials evaluated and the number refused.
+
+        ``evaluate(delta)`` returns (training residual norm, payload) (inf when not finite);
+        ``validate(delta, payload)`` the score of a step that lowered it (inf refuses the step;
+        None: the training residual is the score). The step is None when no trial lowered the
+        training residual."""
+        if self.mu is None:
+            s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
+            self.mu = self.damping * s_max2 if self.damping > 0 else 1e-30 * s_max2
+        best, tries, refused, stall = None, 0, 0, 0
+        for mu in [self.mu * 10.0**k for k in range(self.above, -self.decades - 1, -1)] + [0.0]:
+            trial = self._try(step, mu, f_norm, evaluate, validate)
+            tries, refused = tries + 1, refused + (trial is None)
+            if trial is not None and (best is None or trial.score < best.score):
+                best, stall = trial, 0
+            elif best is not None:
+                stall += 1
+                if stall >= self.patience:
+                    break
+        mu = self.mu * 10.0**self.above
+        for _ in range(self.max_tries if best is None else 0):
+            mu *= 10.0
+            best = self._try(step, mu, f_norm, evaluate, validate)
+            tries, refused = tries + 1, refused + (best is None)
+            if best is not None:
+                break
+        if best is not None:
+            self.mu = best.mu if best.mu > 0 else self.mu * 10.0**-self.decades
+        return best, tries, refused
+
+    @staticmethod
+    def _try(step, mu, f_norm, evaluate, validate) -> Trial | None:
+        delta = step.solve(mu)
+        norm, payload = evaluate(delta)
+        if not norm < f_norm:
+            return None
+        score = norm if validate is None else validate(delta, payload)
+        if not math.isfinite(score):
+            return None
+        return Trial(delta, mu, norm, score, step.residual_norm(delta), payload)
 
 
 def gain_ratio(f_norm: float, new_norm: float, linearized_norm: float) -> float:

@@ -38,7 +38,7 @@ from pinnlsr.metrics import model_errors
 from pinnlsr import jacobian as jac
 from pinnlsr.models import MLP, LinearizedModel, ParamSpec
 from pinnlsr.residual import residual_rows
-from pinnlsr.solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio
+from pinnlsr.solvers import DampedLeastSquares, DampingSearch
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
@@ -157,11 +157,12 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
                          ) -> tuple[LinearizedModel, list[dict], float]:
     """Levenberg–Marquardt in the coefficients z of the refined predictor u0 + J V z (the PDE term
     a·Δu is quadratic in z, so one linear solve is not its minimizer): the damped step of
-    :class:`pinnlsr.solvers.DampedLeastSquares` with Nielsen's rule, starting nearly undamped.
-    A trial step is kept only if it lowers the training residual and keeps the validation error at
-    most ``validation_limit`` (the trained network's: never worse than it); otherwise the damping
-    grows, up to ``max_tries`` trials per iteration. Returns the predictor, one record per
-    iteration and the predictor's residual."""
+    :class:`pinnlsr.solvers.DampedLeastSquares`, the damping tried over decades per Jacobian
+    (:class:`pinnlsr.solvers.DampingSearch`, starting nearly undamped). A trial step counts only if it
+    lowers the training residual and keeps the validation error at most ``validation_limit`` (the
+    trained network's: never worse than it); of those the one with the lowest validation error is
+    taken; when none qualifies the damping grows, up to ``max_tries`` more trials. Returns the
+    predictor, one record per iteration and the predictor's residual."""
     history = []
     val_points = validation.sample_points(torch.Generator())
 
@@ -171,28 +172,29 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
                 float(residual_rows(validation, model, val_points).values(theta).norm()))
 
     residual = scores(refined)[0]
-    rule = None
+    search = DampingSearch(1e-20, max_tries=max_tries)
     for it in range(iterations):
         z = refined.z.detach()
         rows = residual_rows(problem, refined, points)
         step = DampedLeastSquares(jac.jacobian(rows, z), -rows.values(z), rcond)
-        rule = rule or LevenbergMarquardtDamping.relative(1e-20, step.sigma_max)
-        for tries in range(1, max_tries + 1):
-            delta = step.solve(rule.mu)
+
+        def evaluate(delta):
             candidate = copy.deepcopy(refined)
             with torch.no_grad():
                 candidate.z.add_(delta)
             new_residual, new_val = scores(candidate)
-            accepted = new_val <= validation_limit and new_residual < residual
-            if accepted:
-                rule.accepted(gain_ratio(residual, new_residual, step.residual_norm(delta)))
-                break
-            rule.rejected()
-        history.append({"iteration": it + 1, "residual": new_residual, "validation": new_val, "accepted": accepted,
-                        "tries": tries})
+            return new_residual, (candidate, new_val)
+
+        def validate(delta, payload):  # never worse than the trained network on the validation data
+            return payload[1] if payload[1] <= validation_limit else math.inf
+
+        trial, tries, _ = search.choose(step, residual, evaluate, validate)
+        accepted = trial is not None
+        history.append({"iteration": it + 1, "residual": trial.norm if accepted else residual,
+                        "validation": trial.score if accepted else None, "accepted": accepted, "tries": tries})
         if not accepted:
             break
-        refined, residual = candidate, new_residual
+        refined, residual = trial.payload[0], trial.norm
     return refined, history, residual
 
 

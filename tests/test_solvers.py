@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -98,20 +100,63 @@ def test_damped_steps_match_the_stacked_problem(shape):
     assert dls.sigma_max == pytest.approx(float(torch.linalg.matrix_norm(a, 2)), rel=1e-12)
 
 
-def test_levenberg_marquardt_damping_rule():
-    from pinnlsr.solvers import LevenbergMarquardtDamping, gain_ratio
+def test_gain_ratio():
+    from pinnlsr.solvers import gain_ratio
 
-    rule = LevenbergMarquardtDamping(1.0, growth=10.0, floor=1e-3)
-    rule.rejected()
-    rule.rejected()
-    assert rule.mu == pytest.approx(200.0)  # ×10 then ×20
-    rule.accepted(1.0)  # a perfect model: μ/3, ν back to 10
-    assert rule.mu == pytest.approx(200.0 / 3) and rule.nu == 10.0
-    rule.accepted(0.5)  # 1 - 0³ = 1: μ kept
-    assert rule.mu == pytest.approx(200.0 / 3)
-    for _ in range(20):
-        rule.accepted(1.0)
-    assert rule.mu == 1e-3  # never below the floor
     assert gain_ratio(2.0, 1.0, 1.0) == pytest.approx(1.0)
     assert gain_ratio(2.0, 1.5, 1.0) == pytest.approx((4 - 2.25) / 3)
     assert gain_ratio(1.0, 0.5, 1.0) == 1.0  # no predicted decrease
+
+
+def _search_problem(seed=0):
+    """A tall ill-conditioned A (60, 8) with σ from 1 down to 1e-12 and a b with a component off its range."""
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(60, 8, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))
+    a = u @ torch.diag(torch.logspace(0, -12, 8, dtype=torch.float64)) @ v.T
+    return a, torch.randn(60, generator=gen, dtype=torch.float64)
+
+
+def test_damping_search_on_a_linear_problem_reaches_the_truncated_svd_step_in_one_linearization():
+    from pinnlsr.solvers import DampedLeastSquares, DampingSearch
+
+    a, b = _search_problem()
+    step = DampedLeastSquares(a, b, rcond=1e-14)
+    evaluate = lambda d: (float((a @ d - b).norm()), None)
+    search = DampingSearch(1e-4)
+    trial, tries, refused = search.choose(step, float(b.norm()), evaluate)
+    # the least damped steps fit best: the search runs down to μ = 0, the plain truncated-SVD step
+    torch.testing.assert_close(trial.delta, step.solve(0.0), rtol=0, atol=1e-12 * float(step.solve(0.0).norm()))
+    assert trial.mu == 0.0 and refused == 0 and tries == search.decades + search.above + 2
+    assert search.mu == pytest.approx(1e-4 * step.sigma_max**2 * 1e-12)  # centred below the last decade
+
+
+def test_damping_search_keeps_the_step_with_the_lowest_validation_score():
+    from pinnlsr.solvers import DampedLeastSquares, DampingSearch
+
+    a, b = _search_problem(1)
+    step = DampedLeastSquares(a, b, rcond=1e-14)
+    evaluate = lambda d: (float((a @ d - b).norm()), None)
+    # a held-out score that penalizes the long steps along the small singular directions
+    target = step.solve(1e-8)
+    validate = lambda d, _: float((d - target).norm())
+    search = DampingSearch(1e-4, patience=2)
+    trial, tries, _ = search.choose(step, float(b.norm()), evaluate, validate)
+    assert trial.mu == pytest.approx(1e-8)
+    assert tries < search.decades + search.above + 2  # stopped after the score rose twice
+    assert search.mu == pytest.approx(1e-8)  # the next linearization centres there
+
+
+def test_damping_search_grows_the_damping_until_a_step_is_finite():
+    from pinnlsr.solvers import DampedLeastSquares, DampingSearch
+
+    a, b = _search_problem(2)
+    step = DampedLeastSquares(a, b, rcond=1e-14)
+    # steps longer than 1 overflow the (nonlinear) residual: only strongly damped ones are finite
+    evaluate = lambda d: (float((a @ d - b).norm()) if float(d.norm()) < 1.0 else math.inf, None)
+    trial, tries, refused = DampingSearch(1e-20, max_tries=30).choose(step, float(b.norm()), evaluate)
+    assert trial is not None and float(trial.delta.norm()) < 1.0 and refused == tries - 1
+    trial, tries, refused = DampingSearch(1e-20, max_tries=3).choose(step, float(b.norm()), evaluate)
+    assert trial is None and refused == tries  # no finite step within the tries: the caller stops
+    with pytest.raises(ValueError, match="patience"):
+        DampingSearch(1e-3, patience=0)

@@ -26,8 +26,9 @@ one more reverse pass; DeepXDE's gradient cache is cleared around every evaluati
 When ``pde(x, y)`` is pointwise (checked), the dense G is formed block by block (BC rows, then a
 few PDE points at a time), which costs n·chunk instead of n² backward rows.
 
-Nonlinear PDEs: :func:`gauss_newton` re-linearizes in parameter space (Levenberg–Marquardt with
-Nielsen's damping update, only decreasing steps accepted, best state on fresh validation points).
+Nonlinear PDEs: :func:`gauss_newton` re-linearizes in parameter space (Levenberg–Marquardt with the
+damping tried over decades per Jacobian, only decreasing steps accepted, best state on fresh
+validation points).
 Its result is a network of DeepXDE's own architecture, which :func:`write_back` copies into
 ``model.net``. The refined linear predictor of :func:`refine` is a different function from any
 network; :func:`write_back` of an LSR result writes θ0 + V z (the network the step points to) and
@@ -44,6 +45,7 @@ refined one input function at a time by :mod:`pinnlsr.interop.deepxde_operator`)
 from __future__ import annotations
 
 import copy
+import math
 import os
 import pickle
 import time
@@ -56,7 +58,7 @@ import torch
 from torch import nn
 
 from ..models import LinearizedModel
-from ..solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio, no_tf32, solve
+from ..solvers import DampedLeastSquares, DampingSearch, gain_ratio, no_tf32, solve
 from ..subspace import scaled_directions, sketch_svd
 from .deepxde_problem import (INSTALL_HINT, SUPPORTED_DATA, DeepXDEJacobian, DeepXDEProblem, check_backend,
                               import_deepxde, refinement_notes)
@@ -194,8 +196,9 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
     Each iteration forms the dense G (n_rows, m) once (:class:`DeepXDEJacobian`) and the damped
     least-squares step min ||f + G δ||² + μ||δ||² for every trial μ from one SVD (of the R factor
     when G is tall; :class:`pinnlsr.solvers.DampedLeastSquares`, σ_k > rcond·σ_max kept). A step
-    is accepted only when it lowers ||f||; μ follows Nielsen's rule (μ ← μ·max(1/3, 1 − (2ρ − 1)³) after a success with
-    gain ratio ρ, μ ← ν·μ, ν ← 2ν after a failure), starting at μ = damping·σ_max².
+    is accepted only when it lowers ||f||; μ is chosen per iteration by trying it over decades
+    (:class:`pinnlsr.solvers.DampingSearch`: the step with the lowest validation residual, or
+    training residual without validation points), centred first on μ = damping·σ_max².
 
     ``validation``: fresh PDE points (a count drawn from ``data.geom`` with ``seed``, or an array
     (k, d); 0/None: none). The state returned is the one with the lowest validation residual
@@ -225,31 +228,25 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
         lambda th, fv: _norm(fv))
     best = {"theta": theta.clone(), "score": score(theta, f), "iteration": 0}
     diag["validation_before"] = best["score"] if X_val is not None else None
-    rule: LevenbergMarquardtDamping | None = None
+    search = DampingSearch(damping, max_tries=40)
     history, since_best, stop = [], 0, "iterations"
     for it in range(iterations):
         t = time.perf_counter()
         step = DampedLeastSquares(DeepXDEJacobian(prob, theta).dense(), -f, rcond)
         s_max2 = step.sigma_max**2 if step.sigma_max > 0 else 1.0
-        if rule is None:
-            rule = LevenbergMarquardtDamping(damping * s_max2)
-        f_norm = _norm(f)
-        accepted, tries, rho = False, 0, float("nan")
-        while tries < 40:
-            tries += 1
-            delta = step.solve(rule.mu)
+
+        def evaluate(delta):
             f_new = prob.residual_at(theta + delta)
-            new_norm = _norm(f_new) if torch.isfinite(f_new).all() else float("inf")
-            if new_norm < f_norm:
-                rho = gain_ratio(f_norm, new_norm, step.residual_norm(delta))
-                accepted = True
-                break
-            rule.rejected()
+            return (_norm(f_new) if torch.isfinite(f_new).all() else math.inf), f_new
+
+        trial, tries, _ = search.choose(step, _norm(f), evaluate,
+                                        (lambda d, f_new: score(theta + d, f_new)) if X_val is not None else None)
+        accepted, rho = trial is not None, float("nan")
         if accepted:
-            theta, f = theta + delta, f_new
-            rule.accepted(rho)
+            rho = gain_ratio(_norm(f), trial.norm, trial.linearized)
+            theta, f = theta + trial.delta, trial.payload
         rec = {"iteration": it + 1, "residual": _norm(f), "accepted": accepted, "tries": tries,
-               "damping": rule.mu / s_max2, "gain_ratio": rho, "rank_used": step.rank_used,
+               "damping": (trial.mu if accepted else search.mu) / s_max2, "gain_ratio": rho, "rank_used": step.rank_used,
                "seconds": time.perf_counter() - t}
         if accepted:
             val = score(theta, f)
