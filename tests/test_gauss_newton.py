@@ -158,3 +158,14 @@ def test_a_budget_below_the_dense_step_streams_its_r_factor():
     for a, b in zip(streamed.history, dense.history):
         assert a["residual"] == pytest.approx(b["residual"], rel=1e-9)
     torch.testing.assert_close(streamed.z, dense.z, rtol=0, atol=1e-8 * float(dense.z.abs().max()))
+
+
+def test_default_damping_search_takes_the_one_shot_lsr_step_at_once_on_a_linear_pde():
+    # the search tries μ down to 0 on the first Jacobian: no run of steps down a damping schedule
+    problem = TinyPoisson(n_pde=150, n_bc=50)
+    model = tiny_mlp(widths=(8, 8))
+    points = problem.sample_points(torch.Generator().manual_seed(4))
+    one_shot = lsr(problem, model, points=points, subspace="full", compute_errors=False)
+    gn = tangent_gauss_newton(problem, model, points=points, validation_points=points, subspace="full",
+                              max_iters=1, compute_errors=False)
+    assert gn.history[1]["residual"] == pytest.approx(one_shot.diagnostics["residual_after"], rel=1e-6)
