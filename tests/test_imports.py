@@ -48,7 +48,7 @@ def test_no_import_cycles():
 #: checkpoint/data readers below everything (they know nothing of PDEs or networks).
 LAYERS = {
     "base": ["allocator", "io", "datafolder", "reference", "meshfiles", "readers", "datasets", "interpolation",
-             "checkpoint", "solvers", "qr"],
+             "checkpoint", "solvers", "qr", "records"],
     "nn": ["models", "deeponet"],
     "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
                 "operators", "problem", "grf", "reference_solvers", "metrics"],
