@@ -57,7 +57,7 @@ LAYERS = {
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
     "operators and interop": ["operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
                               "interop.deepxde_operator"],
-    "app": ["settings", "runfolder", "plotting_fields", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
+    "app": ["settings", "runfolder", "plotting_fields", "plotting", "report", "compare", "pipeline", "runner", "operator_cli", "cli", "__init__"],
 }
 
 
