@@ -1,12 +1,18 @@
 """pinnlsr.pipeline: a problem's own pipeline of named stages runs with the shared parts (options,
-run folder, config.json, metrics.json through the stage records)."""
+run folder, config.json, metrics.json through the stage records), and problem modules use only
+the public runner and pipeline API."""
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
 from pinnlsr.pipeline import Pipeline, Stage, add_run_options, run_guarded, run_pipeline
 from pinnlsr.records import Evaluation, StageRecord
 from pinnlsr.settings import Parser
+
+PROBLEMS = Path(__file__).resolve().parents[1] / "problems"
+
 
 class Toy:
     name, input_names, output_names = "toy", ("x",), ("u",)
@@ -69,3 +75,36 @@ def test_the_run_folder_is_refused_or_replaced_as_for_every_run(tmp_path, capsys
     assert (tmp_path / "metrics.json").read_text() == "{}"  # bad input fails before any file is touched
     assert run_guarded(run_pipeline, toy_pipeline(), parse(["--out", str(tmp_path), "--overwrite"]))[0] == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["stages"]
+
+
+def private_pinnlsr_names(path: Path) -> list[str]:
+    """``module.name`` of every private (underscore) name of the pinnlsr package that ``path``
+    imports or reaches as an attribute of an imported pinnlsr module."""
+    tree = ast.parse(path.read_text())
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pinnlsr"):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{node.module}.{alias.name}")
+                else:
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pinnlsr"):
+                    if any(part.startswith("_") for part in alias.name.split(".")):
+                        found.append(alias.name)
+                    modules.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in modules):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_problem_modules_use_no_private_runner_or_library_name(tmp_path):
+    found = {p.name: names for p in sorted(PROBLEMS.glob("*.py")) if (names := private_pinnlsr_names(p))}
+    assert not found, f"problem modules importing private pinnlsr names (use pinnlsr.pipeline instead): {found}"
+    probe = tmp_path / "probe.py"
+    probe.write_text("from pinnlsr.runner import _stage, check_options\nfrom pinnlsr import runner\nrunner._stage('a')\n")
+    assert private_pinnlsr_names(probe) == ["pinnlsr.runner._stage", "runner._stage"]  # the scan sees both forms

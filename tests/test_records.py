@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pinnlsr import runner
 from pinnlsr.records import STAGE_KEYS, Evaluation, HistoryEntry, StageRecord, compared
+from pinnlsr.report import history_rows
 
 CONTRACT = (Path(__file__).resolve().parents[1] / "docs" / "run_output.md").read_text()
 
@@ -22,6 +24,11 @@ def test_every_stage_has_the_documented_keys_in_order():
     assert list(STAGE_KEYS) == documented("Each stage has", "plus extra keys")
     row = StageRecord("adam", 2.5, Evaluation({"rel_l2": 0.1}), {"steps": 3}).to_json()
     assert list(row)[:5] == list(STAGE_KEYS) and row["max_abs_err"] is None and row["residual"] is None
+
+
+def test_iterative_lsr_history_keeps_the_documented_keys():
+    keys = documented("`history` (per outer iteration:", ", and `window`")
+    assert list(runner.HISTORY_KEYS) + ["accepted", "network_rel_l2"] == keys
 
 
 @pytest.mark.parametrize("record", [
@@ -57,6 +64,13 @@ def test_history_entries_read_as_their_json_form():
     assert e.to_json(("iteration", "residual", "window")) == {"iteration": 2, "residual": 1e-3, "window": None}
     tagged = e.with_extras(window=0.5)
     assert tagged["window"] == 0.5 and "window" not in e and tagged.rel_l2 == e.rel_l2 == 1e-4
+
+
+def test_history_rows_take_the_residual_from_the_loss_where_only_the_loss_was_logged():
+    rows = history_rows("adam", [HistoryEntry(0, 0.1, loss=4.0), HistoryEntry(5, 0.2, residual=1.5,
+                                                                               errors={"rel_l2": 0.3})])
+    assert rows == [{"method": "adam", "iteration": 0, "seconds": 0.1, "loss": 4.0, "residual": 2.0, "rel_l2": None},
+                    {"method": "adam", "iteration": 5, "seconds": 0.2, "loss": None, "residual": 1.5, "rel_l2": 0.3}]
 
 
 def test_compared_keeps_the_records_and_writes_the_flat_keys_from_them():
