@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -18,6 +19,7 @@ from .lsr import lsr
 from .marching import refine_from_points
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
+from .records import HistoryEntry
 from .settings import RunSettings, last_window_options
 from .train import train_adam, train_lbfgs
 
@@ -29,12 +31,14 @@ QUICK_POINT_FRACTION = 0.03  # of every term's default point count, with QUICK
 PROBES = 20  # convergence-history points per training phase
 
 
-def probe(problem, model, points) -> dict:
-    """Residual at ``points`` and errors against the reference of the current ``model`` (in its
-    dtype, on its device)."""
+def probe(problem, model, points, iteration: int, seconds: Callable[[], float]) -> dict:
+    """The history entry (JSON form) of the current ``model`` at ``iteration``: its residual at
+    ``points``, its errors against the reference (in its dtype, on its device) and ``seconds()``
+    read after them."""
     like = next(iter(model.parameters()))
-    return {"residual": residual_norm(problem, model, points),
-            **model_errors(problem, model, like.dtype, like.device)}
+    residual = residual_norm(problem, model, points)
+    errors = model_errors(problem, model, like.dtype, like.device)
+    return HistoryEntry(iteration, seconds(), residual=residual, errors=errors).to_json()
 
 
 def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log_every, max_seconds=None, **kw):
@@ -44,15 +48,14 @@ def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log
     hist, t0 = [], time.perf_counter()
 
     def record(step, _loss):
-        hist.append({"iteration": it_offset + step + 1, **probe(problem, model, points),
-                     "seconds": t_offset + time.perf_counter() - t0})
+        hist.append(probe(problem, model, points, it_offset + step + 1, lambda: t_offset + time.perf_counter() - t0))
 
     train = train_adam if kind == "adam" else train_lbfgs
     h = train(problem, model, points, steps, progress=False, log_every=log_every, callback=record,
               max_seconds=max_seconds, **kw)
     seconds = time.perf_counter() - t0
     done = (h.step[-1] + 1) if h.step else 0
-    hist.append({"iteration": it_offset + done, **probe(problem, model, points), "seconds": t_offset + seconds})
+    hist.append(probe(problem, model, points, it_offset + done, lambda: t_offset + seconds))
     return hist, seconds
 
 
@@ -91,7 +94,7 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     out = {"problem": name, "n_params": ParamSpec.of(model).numel, "config": config,
            "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "methods": {}}
     n_adam, n_lbfgs = s.adam_steps, s.lbfgs_steps
-    hist = [{"iteration": 0, "seconds": 0.0, **probe(problem, model, points)}]
+    hist = [probe(problem, model, points, 0, lambda: 0.0)]
     adam_hist, adam_s = timed_training("adam", problem, model, points, n_adam, 0.0, 0,
                                        max(1, n_adam // PROBES), lr=s.lr, final_lr=s.final_lr)
     adam_state = ParamSpec.of(model).flatten(model).clone()
@@ -110,13 +113,12 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
                     rcond=s.rcond, seed=seed, dtype=dtype, device=device,
                     memory_budget=None if s.memory_budget_gb is None else int(s.memory_budget_gb * 2**30))
     r = lsr(problem, model, points=points, solver=s.solver, tikhonov=s.tikhonov, **subspace)
-    d = r.diagnostics
-    out["methods"]["lsr"] = {"rel_l2": d.get("rel_l2_after"), "max_abs_err": d.get("max_abs_err_after"),
-                             "residual": d["residual_after"], "seconds": base + d["seconds"]["total"],
-                             "rank": d["rank"],
-                             "history": [{"iteration": n_adam + n_lbfgs + 1,
-                                          "seconds": base + d["seconds"]["total"],
-                                          "residual": d["residual_after"], "rel_l2": d.get("rel_l2_after")}]}
+    d, after = r.diagnostics, r.diagnostics["after"]
+    seconds = base + d["seconds"]["total"]
+    out["methods"]["lsr"] = {"rel_l2": after.rel_l2, "max_abs_err": after.max_abs_err, "residual": after.residual,
+                             "seconds": seconds, "rank": d["rank"],
+                             "history": [HistoryEntry(n_adam + n_lbfgs + 1, seconds, residual=after.residual,
+                                                      errors={"rel_l2": after.rel_l2}).to_json()]}
     keep("lsr", r.model)
     t = time.perf_counter()
     res = refine_from_points(problem, model, points, time_windows=s.time_windows, last_window=last_window_options(s),
@@ -128,13 +130,13 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     for h in res.history:
         if h.get("window") != window:  # each window's seconds start at 0: make them cumulative
             offset, window = offset + last, h.get("window")
-        last = h["seconds"]
-        ih.append({"iteration": n_adam + n_lbfgs + len(ih), "seconds": base + offset + h["seconds"],
-                   "residual": h["residual"], "rel_l2": h.get("rel_l2"), "accepted": h.get("accepted"),
-                   **({"window": window} if window is not None else {})})
+        last = h.seconds
+        extras = {"accepted": h.get("accepted"), **({"window": window} if window is not None else {})}
+        ih.append(HistoryEntry(n_adam + n_lbfgs + len(ih), base + offset + h.seconds, residual=h.residual,
+                               errors={"rel_l2": h.rel_l2}, extras=extras).to_json())
     best = res.history[res.best_iteration]
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
-                              "residual": best["residual"], "seconds": base + ilsr_s, "history": ih,
+                              "residual": best.residual, "seconds": base + ilsr_s, "history": ih,
                               "best_iteration": res.best_iteration}
     keep("ilsr", res.model)
     # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning

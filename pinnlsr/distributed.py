@@ -62,6 +62,7 @@ from .linearize import JacobianOperator
 from .lsr import StepResult, lsr_step as one_step, prepare_model
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
+from .records import HistoryEntry
 from .qr import Reducer, r_factor
 from .residual import Rows, output_rows, residual_rows
 from .solvers import DampedLeastSquares, DampingSearch, no_tf32
@@ -261,7 +262,7 @@ class ShardedGaussNewton:
 
     z: torch.Tensor
     V: torch.Tensor
-    history: list[dict]
+    history: list[HistoryEntry]
     best_iteration: int
     stop_reason: str
     diagnostics: dict = field(default_factory=dict)
@@ -307,8 +308,8 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
     n_rows = sum(points[b.name].shape[0] * b.q for b in train.rows.blocks)  # over all ranks
     f = train.values(z)
     f_norm = global_norm(f, group)
-    history = [{"iteration": 0, "residual": f_norm, "validation_residual": global_norm(val.values(z), group),
-                "damping": None, "tries": 0}]
+    history = [HistoryEntry(0, residual=f_norm, extras={"validation_residual": global_norm(val.values(z), group),
+                                                          "damping": None, "tries": 0})]
     best, stop = ValidationStop(z, history[0]["validation_residual"], patience, tol), "max_iters"
     search = DampingSearch(damping, max_tries=max_tries)
     for it in range(1, max_iters + 1):
@@ -328,8 +329,8 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
 
         trial, tries, _ = search.choose(step, f_norm, evaluate, validate)
         if trial is None:
-            history.append({"iteration": it, "residual": f_norm, "validation_residual": None,
-                            "damping": search.mu, "tries": tries})
+            history.append(HistoryEntry(it, residual=f_norm, extras={"validation_residual": None,
+                                                                     "damping": search.mu, "tries": tries}))
             stop = "no_decrease"
             break
         z, f, new_norm = z + trial.delta, trial.payload, trial.norm
@@ -337,8 +338,8 @@ def gauss_newton(problem: PDEProblem, model: nn.Module, points: dict[str, torch.
             dist.broadcast(z, src=_global_rank(group, 0), group=group)  # bit-identical z everywhere
         decrease, f_norm = f_norm - new_norm, new_norm
         v_norm = global_norm(val.values(z), group)
-        history.append({"iteration": it, "residual": f_norm, "validation_residual": v_norm,
-                        "damping": trial.mu, "tries": tries})
+        history.append(HistoryEntry(it, residual=f_norm, extras={"validation_residual": v_norm,
+                                                                 "damping": trial.mu, "tries": tries}))
         reason = best.update(it, z, v_norm, f_norm, decrease)
         if reason:
             stop = reason

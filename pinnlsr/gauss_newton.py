@@ -30,9 +30,10 @@ from . import jacobian as jac
 from .jet_plans import JetLoss
 from .linearize import JacobianOperator
 from .lsr import _resolve_device, choose_basis, prepare_model
-from .metrics import before_and_after, model_errors
+from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec, ShiftedNetwork
 from .problem import PDEProblem
+from .records import Evaluation, HistoryEntry, compared
 from .residual import Rows, output_rows, residual_rows
 from .solvers import DampedLeastSquares, DampingSearch, gain_ratio, no_tf32
 from .streaming import tsqr
@@ -44,16 +45,17 @@ class GaussNewtonResult:
     """What :func:`tangent_gauss_newton` returns.
 
     ``model`` is the predictor at the best z by validation residual (``best_iteration``);
-    ``history`` holds one record per iteration (iteration 0 is the starting z): residual (on the
-    collocation points), validation_residual, linearized_residual (the model's prediction
-    ||f + A δ|| of the accepted step), damping μ, step_norm, gain_ratio, tries (trial steps
-    evaluated), rejected (trial steps refused), seconds (since the start) and, with
-    ``compute_errors``, rel_l2 / max_abs_err against the reference."""
+    ``history`` holds one :class:`~pinnlsr.records.HistoryEntry` per iteration (iteration 0 is
+    the starting z): residual (on the collocation points), seconds (since the start), with
+    ``compute_errors`` the errors against the reference, and the extras validation_residual,
+    linearized_residual (the model's prediction ||f + A δ|| of the accepted step), damping μ,
+    step_norm, gain_ratio, tries (trial steps evaluated) and rejected (trial steps refused).
+    ``diagnostics["before"]`` / ``["after"]`` evaluate the starting and the returned z."""
 
     model: LinearizedModel
     z: torch.Tensor
     basis: Basis
-    history: list[dict]
+    history: list[HistoryEntry]
     best_iteration: int
     stop_reason: str
     points: dict[str, torch.Tensor]
@@ -174,7 +176,7 @@ def tangent_gauss_newton(
     device: str | torch.device | None = None,
     memory_budget: int | None = None,
     compute_errors: bool = True,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callable[[HistoryEntry], None] | None = None,
     jacobian: str = "shifted",
     jacobian_mode: str = "auto",
 ) -> GaussNewtonResult:
@@ -251,19 +253,16 @@ def tangent_gauss_newton(
     # residual values of the predictor by jets where they apply (one jet pass and one jvp)
     train_values, val_values = JetLoss(rows, lin, z), JetLoss(val_rows, lin, z)
     backends: dict[str, str] = {}
-    error_keys: set[str] = set()  # the metrics model_errors gives, kept in every record
 
-    def record(it: int, f_norm: float, **extra) -> dict:
+    def record(it: int, f_norm: float, **extra) -> HistoryEntry:
         with torch.no_grad():
             val = _norm(val_values.values(z))
-        rec = {"iteration": it, "residual": f_norm, "validation_residual": val, **extra}
+        errors = {}
         if compute_errors:
             lin.z.data.copy_(z)
             errors = model_errors(problem, lin, dtype, device)
-            error_keys.update(errors)
-            rec.update(errors)
-        rec["seconds"] = time.perf_counter() - t_start
-        return rec
+        return HistoryEntry(it, time.perf_counter() - t_start, residual=f_norm, errors=errors,
+                            extras={"validation_residual": val, **extra})
 
     f = train_values.values(z)
     if not bool(torch.isfinite(f).all()):
@@ -324,14 +323,12 @@ def tangent_gauss_newton(
         "iterations": len(history) - 1,
         "best_iteration": best_it,
         "stop_reason": stop,
-        "residual_before": history[0]["residual"],
-        "residual_after": history[best_it]["residual"],
-        "validation_residual_before": history[0]["validation_residual"],
-        "validation_residual_after": best_val,
         "seconds": time.perf_counter() - t_start,
         "jacobian_backends": backends or {"all": "direct: vmap(jacrev) in z"},
         "value_backends": train_values.backends,
     }
-    if compute_errors:
-        before_and_after(diag, *({k: rec[k] for k in error_keys} for rec in (history[0], history[best_it])))
+    start, best_rec = history[0], history[best_it]
+    diag.update(compared("validation_residual",
+                         before=Evaluation(start.errors, start.residual, start["validation_residual"]),
+                         after=Evaluation(best_rec.errors, best_rec.residual, best_val)))
     return GaussNewtonResult(lin, best_z, basis, history, best_it, stop, points, validation_points, diag)

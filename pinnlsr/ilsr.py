@@ -40,6 +40,7 @@ from .lsr import prepare_model, _resolve_device
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem, Term
+from .records import HistoryEntry
 from .jet_plans import residual_norm
 from .residual import residual_rows
 from .train import train_lbfgs
@@ -54,7 +55,7 @@ class ILSRResult:
 
     model: LinearizedModel
     network: nn.Module
-    history: list[dict]
+    history: list[HistoryEntry]
     best_iteration: int
     diagnostics: dict = field(default_factory=dict)
 
@@ -200,7 +201,7 @@ def iterative_lsr(
     compute_errors: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = True,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callable[[HistoryEntry], None] | None = None,
 ) -> ILSRResult:
     """Iterative LSR of ``model`` on ``problem`` (see the module docstring).
 
@@ -248,7 +249,7 @@ def iterative_lsr(
     else:
         validation_points = {k: torch.as_tensor(v).to(dtype=dtype, device=device)
                              for k, v in validation_points.items()}
-    history: list[dict] = []
+    history: list[HistoryEntry] = []
     start_iter = 0
     best: dict | None = None  # {"iteration", "theta", "V", "z", "validation_residual"}
     settings = history_settings(
@@ -268,7 +269,7 @@ def iterative_lsr(
                              for k, v in state["model"].items()})
         generator.set_state(state["generator"])
         points = {k: v.to(dtype=dtype, device=device) for k, v in state["points"].items()}
-        history = list(state["history"])
+        history = [HistoryEntry.from_json(rec) for rec in state["history"]]
         start_iter = int(state["next_iteration"])
         best = {k: (v.to(dtype=dtype, device=device) if isinstance(v, torch.Tensor) else v)
                 for k, v in state["best"].items()}
@@ -278,16 +279,14 @@ def iterative_lsr(
 
     if start_iter == 0 and not history:
         # Iteration 0 records the starting network (no refinement) and is the first "best".
-        rec = {"iteration": 0, "accepted": True, "residual": residual_norm(problem, net, points),
-               "validation_residual": validation_of(net), "linearized_residual": None, "rank": None,
-               "gn_iterations": 0}
-        rec["network_validation_residual"] = rec["validation_residual"]
-        if compute_errors:
-            rec.update(model_errors(problem, net, dtype, device))
-        rec["seconds"] = time.perf_counter() - t_start
+        residual, validation = residual_norm(problem, net, points), validation_of(net)
+        errors = model_errors(problem, net, dtype, device) if compute_errors else {}
+        rec = HistoryEntry(0, time.perf_counter() - t_start, residual=residual, errors=errors,
+                           extras={"accepted": True, "validation_residual": validation, "linearized_residual": None,
+                                   "rank": None, "gn_iterations": 0, "network_validation_residual": validation})
         history.append(rec)
         best = {"iteration": 0, "theta": spec.flatten(net).clone(), "V": None, "z": None,
-                "validation_residual": rec["validation_residual"]}
+                "validation_residual": validation}
         start_iter = 1
         if path is not None:
             _checkpoint(path, net, generator, points, history, best, start_iter, settings)
@@ -311,7 +310,7 @@ def iterative_lsr(
             device=device, memory_budget=memory_budget, compute_errors=False)
         lin = gn.model
         backends["gauss_newton"] = gn.diagnostics["jacobian_backends"]
-        pred_val = gn.diagnostics["validation_residual_after"]
+        pred_val = gn.diagnostics["after"].validation
         gn_best = gn.history[gn.best_iteration]
         # Align the network to the predictor on every collocation point.
         x_all = torch.cat(list(points.values()))
@@ -327,14 +326,14 @@ def iterative_lsr(
             backends["alignment"] = train_lbfgs(align_problem, aligned, align_points, align_iterations,
                                                 progress=False).backends
         net_val = validation_of(aligned)
-        rec = {"iteration": k, "residual": gn_best["residual"],
-               "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
-               "validation_residual": pred_val, "network_validation_residual": net_val,
-               "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
-               "align_start_step": start_step}
+        extras = {"linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
+                  "validation_residual": pred_val, "network_validation_residual": net_val,
+                  "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
+                  "align_start_step": start_step}
+        errors = {}
         if compute_errors:
-            rec.update(model_errors(problem, lin, dtype, device))
-            rec.update({f"network_{key}": v for key, v in model_errors(problem, aligned, dtype, device).items()})
+            errors = model_errors(problem, lin, dtype, device)
+            extras.update({f"network_{key}": v for key, v in model_errors(problem, aligned, dtype, device).items()})
         # The predictor may become the best state; the aligned network replaces the current one
         # only when its validation residual is finite and not worse than reject_factor times the
         # current network's (a diverging alignment is rejected and the network kept).
@@ -342,17 +341,17 @@ def iterative_lsr(
             best = {"iteration": k, "theta": lin.theta0.clone(), "V": lin.basis.clone(),
                     "z": lin.z.detach().clone(), "validation_residual": pred_val}
         accepted = math.isfinite(net_val) and net_val <= reject_factor * network_val
-        rec["accepted"] = bool(accepted)
+        extras["accepted"] = bool(accepted)
         if accepted:
             spec.assign(net, spec.flatten(aligned))
             network_val = net_val
             if net_val < best["validation_residual"]:
                 best = {"iteration": k, "theta": spec.flatten(aligned).clone(), "V": None, "z": None,
                         "validation_residual": net_val}
-        rec["best_iteration"] = best["iteration"]
-        rec["seconds_iteration"] = time.perf_counter() - t_iter
-        elapsed = (history[-1]["seconds"] if history else 0.0) + rec["seconds_iteration"]
-        rec["seconds"] = elapsed
+        extras["best_iteration"] = best["iteration"]
+        extras["seconds_iteration"] = time.perf_counter() - t_iter
+        elapsed = (history[-1].seconds if history else 0.0) + extras["seconds_iteration"]
+        rec = HistoryEntry(k, elapsed, residual=gn_best.residual, errors=errors, extras=extras)
         history.append(rec)
         if path is not None:
             _checkpoint(path, net, generator, points, history, best, k + 1, settings)
@@ -362,7 +361,7 @@ def iterative_lsr(
     model_out = _best_model(net, spec, best)
     diag = {"outer_iterations": len(history) - 1, "best_iteration": best["iteration"],
             "validation_residual": best["validation_residual"],
-            "seconds": (history[-1]["seconds"] if history else 0.0), "backends": backends}
+            "seconds": (history[-1].seconds if history else 0.0), "backends": backends}
     if compute_errors:
         diag.update(model_errors(problem, model_out, dtype, device))
     return ILSRResult(model_out, net, history, best["iteration"], diag)
@@ -383,9 +382,9 @@ def _warm_start(align_problem: PDEProblem, net: nn.Module, points, delta: torch.
     return best_s
 
 
-def _since_best(history: list[dict]) -> int:
+def _since_best(history: list[HistoryEntry]) -> int:
     """Outer iterations since the last new best (for the outer patience rule)."""
-    return history[-1]["iteration"] - history[-1].get("best_iteration", 0)
+    return history[-1].iteration - history[-1].get("best_iteration", 0)
 
 
 def _best_model(net: nn.Module, spec: ParamSpec, best: dict) -> LinearizedModel:
@@ -403,7 +402,7 @@ def _checkpoint(path: Path, net, generator, points, history, best, next_iteratio
         "settings": settings,
         "generator": generator.get_state(),
         "points": {k: v.detach().cpu() for k, v in points.items()},
-        "history": history,
+        "history": [rec.to_json() for rec in history],
         "best": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in best.items()},
         "next_iteration": int(next_iteration),
     })

@@ -20,7 +20,8 @@ from . import jacobian as jac
 from .engine import StructuredJacobian
 from .jet_plans import JetLoss
 from .linearize import JacobianOperator, check_mode
-from .metrics import before_and_after, model_errors
+from .metrics import model_errors
+from .records import Evaluation, compared
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
 from .qr import Reducer
@@ -37,11 +38,12 @@ FULL_SPACE_MAX_PARAMS = 6000
 class LSRResult:
     """What :func:`lsr` returns.
 
-    ``model`` is the refined predictor; ``diagnostics`` holds residual_before (||f0||),
-    linearized_residual (||f0 + G V z||), residual_after (||f|| of the predictor, evaluated through
-    the PDE operators on it), rel_l2/max_abs_err before/after where a reference exists, cond (of
-    the part of G V used), rank, the subspace method, per-term residuals, seconds per phase and
-    peak memory.
+    ``model`` is the refined predictor; ``diagnostics`` holds ``before`` and ``after``
+    (:class:`~pinnlsr.records.Evaluation`: the errors against the reference where one exists,
+    ||f0|| and ||f|| of the predictor evaluated through the PDE operators on it, per-term
+    residuals; also flat as ``rel_l2_before``, ``residual_after``, ... for printing),
+    linearized_residual (||f0 + G V z||), cond (of the part of G V used), rank, the subspace
+    method, seconds per phase and peak memory.
     """
 
     model: LinearizedModel
@@ -245,21 +247,20 @@ def lsr(
         "subspace": basis.method,
         "solver": sol.method,
         "cond": sol.cond,
-        "residual_before": float(f0.norm()),
         "linearized_residual": sol.residual_norm,
-        "residual_after": residual_after,
-        "terms_before": terms_before,
-        "terms_after": rows_after.norms(z_theta),
         "step_norm": float(refined.delta.detach().norm()),
         "dtype": str(dtype).replace("torch.", ""),
         "device": str(device),
         "jacobian_backends": op.backends,
     }
-    if compute_errors:
-        before_and_after(diag, model_errors(problem, net, dtype, device), model_errors(problem, refined, dtype, device))
-    if not residual_after <= diag["residual_before"]:
+    before = Evaluation(model_errors(problem, net, dtype, device) if compute_errors else {}, float(f0.norm()),
+                        terms=terms_before)
+    after = Evaluation(model_errors(problem, refined, dtype, device) if compute_errors else {}, residual_after,
+                       terms=rows_after.norms(z_theta))
+    diag.update(compared(before=before, after=after))
+    if not residual_after <= before.residual:
         warnings.warn(
-            f"LSR raised the residual of the predictor from {diag['residual_before']:.3e} to "
+            f"LSR raised the residual of the predictor from {before.residual:.3e} to "
             f"{residual_after:.3e} (linearized: {sol.residual_norm:.3e}): the problem is nonlinear and the "
             "step left the region where the linearization holds. Use a lower rank, a larger rcond or a "
             "Tikhonov term, or iterate (pinnlsr.gauss_newton, pinnlsr.ilsr).",

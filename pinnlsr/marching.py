@@ -24,6 +24,7 @@ from torch import nn
 from .geometry import TimeDomain
 from .ilsr import ILSRResult, iterative_lsr
 from .problem import PDEProblem, Term
+from .records import HistoryEntry
 
 
 class TimeWindow(PDEProblem):
@@ -95,7 +96,7 @@ def check_windows(problem: PDEProblem, windows) -> list[float]:
 
 def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts: dict[str, int] | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, seed: int = 0,
-                      callback: Callable[[dict], None] | None = None, last_window: dict | None = None,
+                      callback: Callable[[HistoryEntry], None] | None = None, last_window: dict | None = None,
                       **ilsr_kwargs) -> ILSRResult:
     """Iterative LSR of ``model`` on the windows [t0, T] for T in ``windows`` (increasing, the last
     one t1), each starting from the network the previous one aligned.
@@ -125,7 +126,7 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
 
         def tagged(rec, t_end=t_end):
             if callback:
-                callback({"window": t_end, **rec})
+                callback(rec.with_extras(window=t_end))
 
         path = folder / f"ilsr_window{k}.pt" if folder is not None else None
         last = k == len(windows) - 1
@@ -134,7 +135,7 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
         res = iterative_lsr(window, net, counts=window_counts, seed=seed + k, checkpoint=path, callback=tagged,
                             **options)
         offset = len(history)
-        history.extend({"window": t_end, **rec} for rec in res.history)
+        history.extend(rec.with_extras(window=t_end) for rec in res.history)
         summaries.append({"window": t_end, **{key: res.diagnostics.get(key) for key in
                                               ("best_iteration", "validation_residual", "rel_l2", "seconds")}})
         net = res.network

@@ -71,11 +71,3 @@ def model_errors(problem: PDEProblem, model: nn.Module, dtype: torch.dtype, devi
         out[f"rel_l2_{name}"], out[f"max_abs_err_{name}"] = sub["rel_l2"], sub["max_abs_err"]
     return out
 
-
-def before_and_after(diag: dict, before: dict[str, float], after: dict[str, float]) -> None:
-    """Record the error metrics of a refinement in its diagnostics: whole, as ``errors_before`` and
-    ``errors_after`` (what code reads), and flat as ``<metric>_before`` / ``<metric>_after`` (what
-    users print)."""
-    diag["errors_before"], diag["errors_after"] = dict(before), dict(after)
-    diag.update({f"{k}_before": v for k, v in before.items()})
-    diag.update({f"{k}_after": v for k, v in after.items()})

@@ -15,7 +15,7 @@ per-point code serves
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,6 +26,8 @@ from .deeponet import DeepONet, InstanceModel
 from .grf import FunctionBatch
 from .lsr import lsr
 from .problem import PDEProblem, Term
+from .records import Evaluation, HistoryEntry
+from .train import TrainHistory
 
 
 @dataclass
@@ -197,19 +199,13 @@ def physics_loss(problem: OperatorProblem, net: DeepONet, functions: FunctionBat
     return total, parts
 
 
-@dataclass
-class PITrainHistory:
-    step: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def train_pideeponet(problem: OperatorProblem, net: DeepONet, functions: FunctionBatch, steps: int,
                      batch_size: int = 32, lr: float = 1e-3, final_lr: float = 1e-4,
                      generator: torch.Generator | None = None, log_every: int = 100,
-                     printer: Callable[[str], None] | None = print) -> PITrainHistory:
+                     printer: Callable[[str], None] | None = print) -> TrainHistory:
     """Adam on the physics loss, ``batch_size`` training functions per step (drawn with
-    ``generator``), exponential learning-rate decay lr -> final_lr. In place on ``net``."""
+    ``generator``), exponential learning-rate decay lr -> final_lr. In place on ``net``. Returns
+    the loss every ``log_every`` steps and at the last step."""
     if steps < 0 or batch_size < 1:
         raise ValueError(f"train_pideeponet: need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     generator = generator or torch.Generator().manual_seed(0)
@@ -217,7 +213,7 @@ def train_pideeponet(problem: OperatorProblem, net: DeepONet, functions: Functio
     all_sensors = problem.check_sensors(problem.sensors(functions)).to(dtype=like.dtype, device=like.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, (final_lr / lr) ** (1.0 / max(steps, 1)))
-    hist = PITrainHistory()
+    hist = TrainHistory()
     start = time.perf_counter()
     for step in range(steps):
         idx = torch.randint(len(functions), (min(batch_size, len(functions)),), generator=generator)
@@ -230,12 +226,10 @@ def train_pideeponet(problem: OperatorProblem, net: DeepONet, functions: Functio
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            hist.step.append(step)
-            hist.loss.append(float(loss.detach()))
+            hist.entries.append(HistoryEntry(step, time.perf_counter() - start, loss=float(loss.detach())))
             if printer:
                 terms = " ".join(f"{k}={v:.2e}" for k, v in parts.items())
                 printer(f"  step {step:6d}  loss {hist.loss[-1]:.3e}  ({terms})  {time.perf_counter() - start:.0f}s")
-    hist.seconds = time.perf_counter() - start
     return hist
 
 
@@ -272,11 +266,13 @@ def refine_instances(problem: OperatorProblem, net: DeepONet, functions: Functio
     tangent Gauss–Newton iterations on the same basis (:func:`pinnlsr.gauss_newton.tangent_gauss_newton`;
     its first step is one-shot LSR), judged on the same instance at independently drawn points.
 
-    Returns {"instances": [per-instance diagnostics], "models": first ``keep_models`` refined
-    predictors}; each instance records rel_l2 before/after (when references are given), the
-    residual before, linearized and after, and the refinement seconds (without error evaluation).
-    With Gauss–Newton, rel_l2_lsr / residual_lsr / seconds_lsr are its first step (one-shot
-    LSR), rel_l2_after / residual_after / seconds its best iterate by validation residual."""
+    Returns {"instances": [per-instance rows], "models": first ``keep_models`` refined
+    predictors}. Each row holds the :class:`~pinnlsr.records.Evaluation` of the network
+    (``before``), of the one-shot LSR step (``lsr``) and of the result (``after``: the LSR step,
+    or with Gauss–Newton its best iterate by validation residual), with errors when references
+    are given; ``linearized_residual`` of the LSR step, ``rank``, ``cond``, ``peak_memory_gb``,
+    and the refinement seconds without error evaluation (``seconds``; ``seconds_lsr`` of the LSR
+    step). With Gauss–Newton also ``iterations``, ``best_iteration`` and ``stop_reason``."""
     sensors = problem.check_sensors(problem.sensors(functions))
     options = dict(subspace="randomized", oversampling=10, power_iterations=0)
     options.update(lsr_options)
@@ -292,17 +288,19 @@ def refine_instances(problem: OperatorProblem, net: DeepONet, functions: Functio
             res = lsr(inst, InstanceModel(net, sensors[i]), rank=rank, seed=seed + i,
                       compute_errors=ref is not None, **options)
             d = res.diagnostics
-            row = {k: d.get(k) for k in ("rel_l2_before", "rel_l2_after", "residual_before", "linearized_residual",
-                                         "residual_after", "rank", "cond", "peak_memory_gb")}
-            row["seconds"] = d["seconds"]["refine"]
+            row = {"before": d["before"], "lsr": d["after"], "after": d["after"],
+                   "linearized_residual": d["linearized_residual"], "rank": d["rank"], "cond": d["cond"],
+                   "peak_memory_gb": d["peak_memory_gb"], "seconds": d["seconds"]["refine"],
+                   "seconds_lsr": d["seconds"]["refine"]}
             model = res.model
         rows.append(row)
         if i < keep_models:
             models.append(model)
         if printer:
-            printer(f"  instance {i:4d}: rel L2 {row['rel_l2_before'] or float('nan'):.3e} -> "
-                    f"{row['rel_l2_after'] or float('nan'):.3e}  residual {row['residual_before']:.3e} -> "
-                    f"{row['residual_after']:.3e}  {row['seconds']:.2f}s")
+            before, after = row["before"], row["after"]
+            printer(f"  instance {i:4d}: rel L2 {before.rel_l2 or float('nan'):.3e} -> "
+                    f"{after.rel_l2 or float('nan'):.3e}  residual {before.residual:.3e} -> "
+                    f"{after.residual:.3e}  {row['seconds']:.2f}s")
     return {"instances": rows, "models": models}
 
 
@@ -316,13 +314,11 @@ def _gauss_newton_instance(problem, functions, index, inst, model, rank, seed, c
     validation = problem.instance(functions, index, val_gen, None, counts)
     res = tangent_gauss_newton(inst, model, rank=rank, seed=seed + index, validation=validation,
                                max_iters=iterations, compute_errors=with_errors, **options)
-    h, best = res.history, res.history[res.best_iteration]
-    first = h[1] if len(h) > 1 else h[0]
-    row = {"rel_l2_before": h[0].get("rel_l2"), "rel_l2_after": best.get("rel_l2"),
-           "rel_l2_lsr": first.get("rel_l2"), "residual_before": h[0]["residual"],
-           "linearized_residual": first["linearized_residual"], "residual_lsr": first["residual"],
-           "residual_after": best["residual"], "rank": res.diagnostics["rank"], "cond": None,
-           "peak_memory_gb": _peak_memory_gb(torch.device(res.z.device)), "seconds_lsr": first["seconds"],
+    first = res.history[1] if len(res.history) > 1 else res.history[0]  # the one-shot LSR step
+    row = {"before": res.diagnostics["before"], "lsr": Evaluation(first.errors, first.residual),
+           "after": res.diagnostics["after"], "linearized_residual": first["linearized_residual"],
+           "rank": res.diagnostics["rank"], "cond": None,
+           "peak_memory_gb": _peak_memory_gb(torch.device(res.z.device)), "seconds_lsr": first.seconds,
            "seconds": res.diagnostics["seconds"], "iterations": res.diagnostics["iterations"],
            "best_iteration": res.best_iteration, "stop_reason": res.stop_reason}
     return row, res.model
@@ -342,21 +338,21 @@ def rank_scan(problem: OperatorProblem, net: DeepONet, functions: FunctionBatch,
     For each rank, the mean linearized residual ||f0 + G V z|| over ``functions``; the choice is the
     smallest rank within ``tolerance`` × the best mean (larger ranks cost time and gain little).
     Returns (rank, table rows)."""
-    table = []
+    table, start = [], []  # start: the mean residual of the network itself, per rank
     for r in ranks:
         out = refine_instances(problem, net, functions, None, r, seed, counts, **lsr_options)
         lin = [row["linearized_residual"] for row in out["instances"]]
         secs = [row["seconds"] for row in out["instances"]]
+        start.append(float(np.mean([row["before"].residual for row in out["instances"]])))
         table.append({"rank": int(r), "linearized_residual_mean": float(np.mean(lin)),
-                      "residual_before_mean": float(np.mean([row["residual_before"] for row in out["instances"]])),
-                      "seconds_mean": float(np.mean(secs))})
+                      "residual_before_mean": start[-1], "seconds_mean": float(np.mean(secs))})
     best = min(row["linearized_residual_mean"] for row in table)
     chosen = next(row["rank"] for row in table if row["linearized_residual_mean"] <= tolerance * best)
     if printer:
         printer(f"rank scan on {len(functions)} instances (linearized training residual, choose the smallest "
                 f"rank within {tolerance:g}x of the best):")
-        for row in table:
+        for row, residual in zip(table, start):
             mark = "  <- chosen" if row["rank"] == chosen else ""
-            printer(f"  r = {row['rank']:5d}  residual {row['residual_before_mean']:.3e} -> linearized "
+            printer(f"  r = {row['rank']:5d}  residual {residual:.3e} -> linearized "
                     f"{row['linearized_residual_mean']:.3e}  {row['seconds_mean']:.2f}s{mark}")
     return chosen, table

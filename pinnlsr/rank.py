@@ -28,7 +28,8 @@ from torch import nn
 
 from . import linearize
 from .lsr import FULL_SPACE_MAX_PARAMS, _peak_memory_gb, choose_basis, prepare_refinement
-from .metrics import before_and_after, model_errors, predict, reference_on
+from .metrics import model_errors, predict, reference_on
+from .records import Evaluation, StageRecord, compared
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem
 from .residual import output_rows, residual_rows
@@ -284,17 +285,17 @@ def lsr_rank_scan(
         "n_params": m, "n_rows": rows.n_rows, "n_points": {k: int(v.shape[0]) for k, v in points.items()},
         "rank": rank, "max_rank": basis.rank, "subspace": basis.method, "criterion": scan.criterion,
         "least_squares": least_squares, "n_batches": factor.n_batches,
-        "residual_before": factor.b_norm, "linearized_residual": scan.linearized_residual[j],
-        "residual_after": float(rows_after.values(z_theta).norm()),
-        "terms_after": rows_after.norms(z_theta),
+        "linearized_residual": scan.linearized_residual[j],
         "step_norm": float((V[:, :rank] @ z).norm()),
         "dtype": str(dtype).replace("torch.", ""), "device": str(device),
     }
-    if scan.validation_error is not None:
-        diag["validation_before"] = scan.validation_error[0]
-        diag["validation_after"] = scan.validation_error[j]
-    if compute_errors:
-        before_and_after(diag, model_errors(problem, net, dtype, device), model_errors(problem, refined, dtype, device))
+    residual_after, terms_after = float(rows_after.values(z_theta).norm()), rows_after.norms(z_theta)
+    held_out = scan.validation_error  # the error on the validation problem per scanned rank, or None
+    before = Evaluation(model_errors(problem, net, dtype, device) if compute_errors else {}, factor.b_norm,
+                        held_out[0] if held_out is not None else None)
+    after = Evaluation(model_errors(problem, refined, dtype, device) if compute_errors else {}, residual_after,
+                       held_out[j] if held_out is not None else None, terms_after)
+    diag.update(compared(before=before, after=after))
     timings["diagnostics"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     diag["seconds"] = timings
@@ -314,19 +315,17 @@ class TermsProblem(PDEProblem):
         return list(self._terms)
 
 
-def scan_stage(result: RankScanResult, name: str = "lsr") -> dict:
-    """The metrics.json stage of a rank scan (run output contract, docs/run_output.md) with the scan."""
+def scan_stage(result: RankScanResult, name: str = "lsr") -> StageRecord:
+    """The stage of a rank scan (a metrics.json row of the run output contract, docs/run_output.md,
+    through :meth:`~pinnlsr.records.StageRecord.to_json`) with the scan."""
     d = result.diagnostics
-    stage = {"name": name, "rel_l2": d.get("rel_l2_after"), "max_abs_err": d.get("max_abs_err_after"),
-             "residual": d["residual_after"], "seconds": d["seconds"]["total"], "rank": d["rank"],
-             "criterion": d["criterion"], "max_rank": d["max_rank"], "subspace": d["subspace"],
-             "linearized_residual": d["linearized_residual"], "seconds_by_phase": d["seconds"],
-             "peak_memory_gb": d["peak_memory_gb"], "scan": result.scan.as_dict()}
-    for key in ("validation_before", "validation_after"):
-        if key in d:
-            stage[key] = d[key]
-    stage.update({k: v for k, v in d.get("errors_after", {}).items() if k.startswith("rel_l2_")})
-    return stage
+    before, after = d["before"], d["after"]
+    extras = {"rank": d["rank"], "criterion": d["criterion"], "max_rank": d["max_rank"], "subspace": d["subspace"],
+              "linearized_residual": d["linearized_residual"], "seconds_by_phase": d["seconds"],
+              "peak_memory_gb": d["peak_memory_gb"], "scan": result.scan.as_dict()}
+    if after.validation is not None:
+        extras.update(validation_before=before.validation, validation_after=after.validation)
+    return StageRecord(name, d["seconds"]["total"], Evaluation(after.errors, after.residual), extras)
 
 
 __all__ = ["RankScan", "RankScanResult", "TermsProblem", "default_ranks", "scan_factor", "select_rank", "lsr_rank_scan",

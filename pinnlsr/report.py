@@ -25,32 +25,27 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text, write_atomically
+from .records import HistoryEntry, StageRecord
 
 HISTORY_COLUMNS = ("method", "iteration", "seconds", "loss", "residual", "rel_l2")
 REQUIRED = ("metrics.json", "config.json")
 
 
-def history_rows(method: str, history) -> list[dict]:
-    """Rows for history.csv from a training history (``step``, ``loss``, ``seconds`` lists) or a
-    dict of lists with keys among HISTORY_COLUMNS."""
-    if hasattr(history, "step"):
-        data = {"iteration": history.step, "seconds": history.seconds, "loss": history.loss}
-    else:
-        data = dict(history)
-    n = max((len(v) for v in data.values() if isinstance(v, (list, tuple))), default=0)
+def history_rows(method: str, entries: Iterable[HistoryEntry]) -> list[dict]:
+    """Rows for history.csv (HISTORY_COLUMNS) from a method's history entries; where only the
+    loss was logged, the residual is its square root."""
     rows = []
-    for i in range(n):
-        row = {"method": method}
-        for key in HISTORY_COLUMNS[1:]:
-            values = data.get(key)
-            row[key] = values[i] if values is not None and i < len(values) else None
-        if row.get("loss") is not None and row.get("residual") is None:
-            row["residual"] = math.sqrt(max(float(row["loss"]), 0.0))
-        rows.append(row)
+    for e in entries:
+        residual = e.residual
+        if residual is None and e.loss is not None:
+            residual = math.sqrt(max(float(e.loss), 0.0))
+        rows.append({"method": method, "iteration": e.iteration, "seconds": e.seconds, "loss": e.loss,
+                     "residual": residual, "rel_l2": e.rel_l2})
     return rows
 
 
@@ -132,13 +127,13 @@ def summary_markdown(metrics: dict, config: dict, figures: list[str]) -> str:
              f"seed {metrics.get('seed')}, {metrics.get('dtype')} on {metrics.get('device')}, "
              f"{metrics.get('n_params')} parameters", "",
              "| stage | rel. L2 | max error | residual | seconds | rank |", "|---|---:|---:|---:|---:|---:|"]
-    for s in metrics.get("stages", []):
-        lines.append(f"| {s['name']} | {fmt(s.get('rel_l2'))} | {fmt(s.get('max_abs_err'))} | "
-                     f"{fmt(s.get('residual'))} | {fmt(s.get('seconds'))} | {fmt(s.get('rank'))} |")
-    stages = metrics.get("stages", [])
-    if len(stages) >= 2 and stages[0].get("rel_l2") and stages[-1].get("rel_l2"):
-        lines += ["", f"Error reduction {stages[0]['name']} → {stages[-1]['name']}: "
-                      f"{stages[0]['rel_l2'] / stages[-1]['rel_l2']:.2e}×"]
+    stages = [StageRecord.from_json(row) for row in metrics.get("stages", [])]
+    for s in stages:
+        lines.append(f"| {s.name} | {fmt(s.rel_l2)} | {fmt(s.max_abs_err)} | {fmt(s.residual)} | {fmt(s.seconds)} | "
+                     f"{fmt(s.extras.get('rank'))} |")
+    if len(stages) >= 2 and stages[0].rel_l2 and stages[-1].rel_l2:
+        lines += ["", f"Error reduction {stages[0].name} → {stages[-1].name}: "
+                      f"{stages[0].rel_l2 / stages[-1].rel_l2:.2e}×"]
     for fig in figures:
         lines += ["", f"![{fig}]({fig})"]
     lines += ["", "## Options", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]

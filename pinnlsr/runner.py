@@ -1,9 +1,12 @@
-"""The run pipeline shared by every runnable problem: pretrain (or load), refine, report.
+"""The pipeline of a problem run: pretrain (or load), refine, report.
 
-``python -m problems.NAME [options]`` and ``pinnlsr run NAME [options]`` both end here. A run
+``python -m problems.NAME [options]`` and ``pinnlsr run NAME [options]`` both end here. Its stages
+(:data:`STAGES`: pretrain, lbfgs, lsr, gauss_newton, ilsr) run through
+:func:`pinnlsr.pipeline.run_pipeline`, as the pipelines problems declare for themselves. A run
 prints a table (stage, relative L2, max error, residual, seconds) and, with ``--out DIR``, writes
 ``DIR/metrics.json`` following the run output contract (docs/run_output.md), ``DIR/config.json``, the
-pretrained network ``DIR/model.pt`` (reusable with ``--checkpoint``) and a comparison figure.
+pretrained network ``DIR/model.pt`` (reusable with ``--checkpoint``), history.csv, predictions.npz
+and figures.
 """
 from __future__ import annotations
 
@@ -15,24 +18,25 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from . import checkpoint as ckpt
 from . import runfolder
-from .allocator import tune_allocator
 from .gauss_newton import tangent_gauss_newton
 from .io import atomic_write_json, atomic_write_text
-from .jet_plans import residual_norm
 from .lsr import lsr, resolve_subspace
 from .marching import check_windows, refine_from_points
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
+from .pipeline import (INPUT_ERRORS, Pipeline, Run, Stage, add_run_options, check_options,  # noqa: F401
+                       evaluate, print_table, run_config, run_guarded, run_pipeline)
 from .problem import PDEProblem
+from .records import Evaluation, HistoryEntry, StageRecord
 from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
 from .residual import check_model
-from .settings import (DTYPES, Parser, RunSettings, add_device_options, device_and_dtype,  # noqa: F401
+from .settings import (DTYPES, Parser, RunSettings, device_and_dtype,  # noqa: F401
                        last_window_options, parse_counts, resolve_device, settings_parser)
 from .train import train_adam, train_lbfgs
+
 
 def build_parser(problem: PDEProblem, defaults: RunSettings | dict | None = None,
                  prog: str | None = None) -> argparse.ArgumentParser:
@@ -47,48 +51,15 @@ def build_parser(problem: PDEProblem, defaults: RunSettings | dict | None = None
                     "refines it by one-shot LSR and reports the error against the reference.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[settings],
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, points and sketches")
-    add_device_options(p)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice, recorded in metrics.json); the last "
-                        "digits of a result can depend on it")
-    runfolder.add_options(p, resume=True, help_out="output folder for metrics.json, figures, checkpoints")
+    add_run_options(p, seed_help="seed of initialisation, points and sketches", resume=True,
+                    out_help="output folder for metrics.json, figures, checkpoints")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="refine the network in this state_dict file instead of pretraining one")
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="the network: 'package.module:function' or 'file.py:function', called without arguments, "
                         "returning the nn.Module (default: the problem's MLP)")
-    p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-#: options that must be >= 0, > 0 (and finite), or >= 1 when given (of the runner and the
-#: problems with their own pipeline)
-NON_NEGATIVE = ("adam_steps", "lbfgs_steps", "oversampling", "power_iterations", "gn_iters", "ilsr_outer",
-                "ilsr_gn_iters", "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
-POSITIVE = ("lr", "final_lr", "dtau", "memory_budget_gb")
-AT_LEAST_ONE = ("threads", "rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """Ranges of the numeric options in ``args`` (those it has): a ValueError names the option
-    and what it accepts."""
-    flag = lambda name: "--" + name.replace("_", "-")
-    for name in NON_NEGATIVE:
-        v = getattr(args, name, None)
-        if v is not None and not (0 <= v < math.inf):
-            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {v}")
-    for name in POSITIVE:
-        v = getattr(args, name, None)
-        if v is not None and not (0 < v < math.inf):
-            raise ValueError(f"{flag(name)} must be a finite number > 0, got {v}")
-    for name in AT_LEAST_ONE:
-        v = getattr(args, name, None)
-        if v is not None and v < 1:
-            raise ValueError(f"{flag(name)} must be >= 1, got {v}")
-    if getattr(args, "resume", False) and not args.ilsr_outer:
-        raise ValueError("--resume continues a checkpointed ILSR stage: give --ilsr-outer N as in the interrupted run")
 
 
 def build_model(problem: PDEProblem, args, generator: torch.Generator, dtype: torch.dtype,
@@ -139,42 +110,12 @@ def check_resume(problem: PDEProblem, args) -> None:
 RESUMABLE = ("out", "quiet", "no_plot", "resume", "overwrite", "ilsr_outer", "memory_budget_gb", "threads")
 
 
-def run_config(problem: PDEProblem, args) -> dict:
-    """config.json: the options of the run, the problem, its inputs and outputs, library version
-    and thread count."""
-    from . import __version__
-
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["problem"] = problem.name
-    config["input_names"], config["output_names"] = list(problem.input_names), list(problem.output_names)
-    config["pinnlsr"], config["threads"] = __version__, torch.get_num_threads()
-    return config
-
-
-def _stage(name: str, seconds: float, errors: dict, residual: float, **extra) -> dict:
-    row = {"name": name, "rel_l2": errors.get("rel_l2"), "max_abs_err": errors.get("max_abs_err"),
-           "residual": residual, "seconds": seconds}
-    row.update({k: v for k, v in errors.items() if k not in row})
-    row.update(extra)
-    return row
-
-
-def print_table(stages: list[dict], file=None) -> None:
-    """The stage table: name, relative L2, max error, residual, seconds."""
-    file = sys.stdout if file is None else file  # resolved per call: sys.stdout can be replaced
-    fmt = lambda v: "—" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))
-    print(f"{'stage':<12}{'rel_l2':>12}{'max_err':>12}{'residual':>12}{'seconds':>10}", file=file)
-    for s in stages:
-        print(f"{s['name']:<12}{fmt(s['rel_l2']):>12}{fmt(s['max_abs_err']):>12}{fmt(s['residual']):>12}"
-              f"{s['seconds']:>10.2f}", file=file)
-
-
 def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype: torch.dtype,
                    device: torch.device):
-    """Check the inputs of a run before any computing (output folder, model, points, reference
-    data, time windows, subspace, checkpoints; options and device are checked by the caller);
-    returns the model (with ``--checkpoint`` loaded), the points and (checkpoint notes, load seconds)."""
-    runfolder.check(args.out, args.overwrite, args.resume)
+    """Check the inputs of a run before any computing (model, points, reference data, time
+    windows, subspace, checkpoints; options, device and output folder are checked by the caller:
+    :func:`~pinnlsr.pipeline.run_pipeline`); returns the model (with ``--checkpoint`` loaded), the
+    points and (checkpoint notes, load seconds)."""
     model = build_model(problem, args, generator, dtype, device)
     points = problem.sample_points(generator, dtype, device, parse_counts(args.points))
     check_model(problem, model, next(iter(points.values()))[:2])
@@ -195,129 +136,170 @@ def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype:
     return model, points, load
 
 
-def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
-    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
-    progress = False if args.quiet else None
-    generator = torch.Generator().manual_seed(args.seed)
-    check_options(args)
-    device, dtype = device_and_dtype(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    model, points, load = checked_inputs(problem, args, generator, dtype, device)
-    if args.out is not None:
-        runfolder.clear(args.out, keep_checkpoints=args.resume)
-        atomic_write_json(args.out / "config.json", run_config(problem, args))
-    stages: list[dict] = []
-    histories: list[dict] = []  # rows of history.csv
+def pretrain_stage(run: Run) -> StageRecord:
+    """The network the refinement starts from: loaded (``--checkpoint``), trained by Adam
+    (``--adam-steps``) or untrained ("init")."""
+    args, s = run.args, run.state
     if args.checkpoint is not None:
-        notes, t_load = load
+        notes, t_load = s.load
         for note in notes:
             print(f"checkpoint: {note}", file=sys.stderr)
-        stages.append(_stage("checkpoint", t_load, model_errors(problem, model, dtype, device),
-                             residual_norm(problem, model, points, check=True), path=str(args.checkpoint)))
-    elif args.adam_steps > 0:
+        return StageRecord("checkpoint", t_load, evaluate(s.problem, s.model, s.points, run.dtype, run.device),
+                           {"path": str(args.checkpoint)})
+    if args.adam_steps > 0:
         t = time.perf_counter()
-        hist = train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, progress)
-        histories.extend(history_rows("adam", hist))
-        stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             residual_norm(problem, model, points, check=True), steps=args.adam_steps,
-                             diverged=hist.diverged, backends=hist.backends))
-    else:
-        stages.append(_stage("init", 0.0, model_errors(problem, model, dtype, device),
-                             residual_norm(problem, model, points, check=True)))
-    if args.lbfgs_steps > 0:
-        t = time.perf_counter()
-        hist = train_lbfgs(problem, model, points, args.lbfgs_steps, progress=progress)
-        histories.extend(history_rows("lbfgs", hist))
-        stages.append(_stage("lbfgs", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             residual_norm(problem, model, points, check=True), steps=args.lbfgs_steps,
-                             diverged=hist.diverged, backends=hist.backends))
-    budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
-    result = lsr(problem, model, points=points, rank=args.rank, subspace=args.subspace,
+        hist = train_adam(s.problem, s.model, s.points, args.adam_steps, args.lr, args.final_lr, s.progress)
+        s.histories.extend(history_rows("adam", hist.entries))
+        return StageRecord("adam", time.perf_counter() - t, evaluate(s.problem, s.model, s.points, run.dtype, run.device),
+                           {"steps": args.adam_steps, "diverged": hist.diverged, "backends": hist.backends})
+    return StageRecord("init", 0.0, evaluate(s.problem, s.model, s.points, run.dtype, run.device))
+
+
+def lbfgs_stage(run: Run) -> StageRecord | None:
+    """L-BFGS after the pretraining (``--lbfgs-steps``)."""
+    args, s = run.args, run.state
+    if args.lbfgs_steps <= 0:
+        return None
+    t = time.perf_counter()
+    hist = train_lbfgs(s.problem, s.model, s.points, args.lbfgs_steps, progress=s.progress)
+    s.histories.extend(history_rows("lbfgs", hist.entries))
+    return StageRecord("lbfgs", time.perf_counter() - t, evaluate(s.problem, s.model, s.points, run.dtype, run.device),
+                       {"steps": args.lbfgs_steps, "diverged": hist.diverged, "backends": hist.backends})
+
+
+def lsr_stage(run: Run) -> StageRecord:
+    """One-shot LSR of the pretrained network."""
+    args, model = run.args, run.state.model
+    result = lsr(run.state.problem, model, points=run.state.points, rank=args.rank, subspace=args.subspace,
                  oversampling=args.oversampling, power_iterations=args.power_iterations,
                  solver=args.solver, rcond=args.rcond, tikhonov=args.tikhonov, seed=args.seed,
-                 dtype=dtype, device=device, memory_budget=budget)
+                 dtype=run.dtype, device=run.device, memory_budget=run.state.memory_budget)
+    run.state.lsr = result
     d = result.diagnostics
     if d["rank_used"] == ParamSpec.of(model).numel:
         print(f"warning: LSR used all {d['rank_used']} parameter directions (rank_used == n_params): the network "
               "is probably too small for the problem; a larger one (--model) can reach a lower error", file=sys.stderr)
-    stages.append(_stage("lsr", d["seconds"]["total"], d.get("errors_after", {}), d["residual_after"], rank=d["rank"],
-                         rank_used=d["rank_used"], subspace=d["subspace"], cond=d["cond"],
-                         linearized_residual=d["linearized_residual"], seconds_by_phase=d["seconds"],
-                         peak_memory_gb=d["peak_memory_gb"], backends=d["jacobian_backends"]))
-    refined: dict = {}  # stage name -> refined predictor, for predictions.npz and the figure
-    if args.gn_iters > 0 or args.ilsr_outer > 0:
-        stages.extend(nonlinear_stages(problem, model, points, args, dtype, device, budget, refined))
-    metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
-               "n_params": ParamSpec.of(model).numel,
-               "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "threads": torch.get_num_threads(),
-               "stages": stages}
-    print_table(stages)
-    if args.out is not None:
-        histories.extend(history_rows("lsr", {"iteration": [0], "seconds": [d["seconds"]["total"]],
-                                               "residual": [d["residual_after"]], "rel_l2": [d.get("rel_l2_after")]}))
-        write_outputs(problem, args, model, result, metrics, histories, extra_predictors=refined)
-    return metrics
+    after = d["after"]
+    return StageRecord("lsr", d["seconds"]["total"], Evaluation(after.errors, after.residual), {
+        "rank": d["rank"], "rank_used": d["rank_used"], "subspace": d["subspace"], "cond": d["cond"],
+        "linearized_residual": d["linearized_residual"], "seconds_by_phase": d["seconds"],
+        "peak_memory_gb": d["peak_memory_gb"], "backends": d["jacobian_backends"]})
 
 
-def nonlinear_stages(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], args,
-                     dtype: torch.dtype, device, memory_budget: int | None,
-                     predictors: dict | None = None) -> list[dict]:
-    """The 'gauss_newton' and 'ilsr' stages of a problem run (``--gn-iters``, ``--ilsr-outer``):
-    metrics.json rows with rel_l2, max_abs_err, residual (on the collocation points), seconds and
-    the per-iteration history. The best predictor of each stage goes into ``predictors`` by name."""
-    predictors = {} if predictors is None else predictors
-    stages = []
-    keep = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
-    if args.gn_iters > 0:
-        gn = tangent_gauss_newton(problem, model, points=points, rank=args.rank, subspace=args.subspace,
-                                  oversampling=args.oversampling, power_iterations=args.power_iterations,
-                                  max_iters=args.gn_iters, damping=args.gn_damping, rcond=args.rcond,
-                                  seed=args.seed, dtype=dtype,
-                                  device=device, memory_budget=memory_budget)
-        best = gn.history[gn.best_iteration]
-        predictors["gauss_newton"] = gn.model
-        stages.append(_stage("gauss_newton", gn.diagnostics["seconds"], gn.diagnostics.get("errors_after", {}),
-                             best["residual"], rank=gn.basis.rank, validation_residual=best["validation_residual"],
-                             stop_reason=gn.stop_reason, backends=gn.diagnostics["jacobian_backends"],
-                             history=[{k: h.get(k) for k in keep} for h in gn.history]))
-    if args.ilsr_outer > 0:
-        options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
-                       oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
-                       gn_iterations=args.ilsr_gn_iters, damping=args.gn_damping,
-                       align_iterations=args.align_iterations, dtau=args.dtau,
-                       warm_start=args.align_warm_start, seed=args.seed, dtype=dtype, device=device,
-                       memory_budget=memory_budget, resume=bool(getattr(args, "resume", False)))
-        windows = getattr(args, "time_windows", None)
-        res = refine_from_points(problem, model, points, time_windows=windows, last_window=last_window_options(args),
-                                 out_dir=args.out, **options)
-        best = res.history[res.best_iteration]
-        predictors["ilsr"] = res.model
-        errors = model_errors(problem, res.model, dtype, device)  # every metric, as the lsr stage has
-        stages.append(_stage("ilsr", res.diagnostics["seconds"], errors, best["residual"], rank=best.get("rank"),
-                             validation_residual=res.diagnostics["validation_residual"],
-                             best_iteration=res.best_iteration,
-                             backends=res.diagnostics["backends"].get("gauss_newton", {}),
-                             alignment_backends=res.diagnostics["backends"].get("alignment", {}),
-                             history=[{k: h.get(k) for k in keep + ("accepted", "network_rel_l2")
-                                       + (("window",) if windows else ())} for h in res.history]))
-        if windows:
-            stages[-1]["windows"] = res.diagnostics["windows"]
-    return stages
+#: the per-iteration quantities a Gauss–Newton or ILSR stage keeps in metrics.json
+HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
+
+
+def gauss_newton_stage(run: Run) -> StageRecord | None:
+    """Tangent Gauss–Newton from the pretrained network (``--gn-iters``)."""
+    args = run.args
+    if args.gn_iters <= 0:
+        return None
+    gn = tangent_gauss_newton(run.state.problem, run.state.model, points=run.state.points, rank=args.rank,
+                              subspace=args.subspace, oversampling=args.oversampling,
+                              power_iterations=args.power_iterations, max_iters=args.gn_iters, damping=args.gn_damping,
+                              rcond=args.rcond, seed=args.seed, dtype=run.dtype, device=run.device,
+                              memory_budget=run.state.memory_budget)
+    best = gn.history[gn.best_iteration]
+    run.state.refined["gauss_newton"] = gn.model
+    evaluation = Evaluation(gn.diagnostics["after"].errors, best.residual)
+    return StageRecord("gauss_newton", gn.diagnostics["seconds"], evaluation, {
+        "rank": gn.basis.rank, "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
+        "backends": gn.diagnostics["jacobian_backends"], "history": [h.to_json(HISTORY_KEYS) for h in gn.history]})
+
+
+def ilsr_stage(run: Run) -> StageRecord | None:
+    """Iterative LSR from the pretrained network (``--ilsr-outer``; over ``--time-windows``)."""
+    args, problem = run.args, run.state.problem
+    if args.ilsr_outer <= 0:
+        return None
+    options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
+                   oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
+                   gn_iterations=args.ilsr_gn_iters, damping=args.gn_damping,
+                   align_iterations=args.align_iterations, dtau=args.dtau,
+                   warm_start=args.align_warm_start, seed=args.seed, dtype=run.dtype, device=run.device,
+                   memory_budget=run.state.memory_budget, resume=bool(getattr(args, "resume", False)))
+    windows = getattr(args, "time_windows", None)
+    res = refine_from_points(problem, run.state.model, run.state.points, time_windows=windows,
+                             last_window=last_window_options(args), out_dir=args.out, **options)
+    best = res.history[res.best_iteration]
+    run.state.refined["ilsr"] = res.model
+    errors = model_errors(problem, res.model, run.dtype, run.device)  # every metric, as the lsr stage has
+    keys = HISTORY_KEYS + ("accepted", "network_rel_l2") + (("window",) if windows else ())
+    extras = {"rank": best.get("rank"), "validation_residual": res.diagnostics["validation_residual"],
+              "best_iteration": res.best_iteration, "backends": res.diagnostics["backends"].get("gauss_newton", {}),
+              "alignment_backends": res.diagnostics["backends"].get("alignment", {}),
+              "history": [h.to_json(keys) for h in res.history]}
+    if windows:
+        extras["windows"] = res.diagnostics["windows"]
+    return StageRecord("ilsr", res.diagnostics["seconds"], Evaluation(errors, best.residual), extras)
+
+
+def prepare(run: Run) -> None:
+    """Check the inputs (:func:`checked_inputs`) and set up what the stages share."""
+    problem, args = run.state.problem, run.args
+    model, points, load = checked_inputs(problem, args, run.generator, run.dtype, run.device)
+    run.state.model, run.state.points, run.state.load = model, points, load
+    run.state.progress = False if args.quiet else None
+    run.state.memory_budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
+    run.state.histories = []  # rows of history.csv
+    run.state.refined = {}  # stage name -> refined predictor, for predictions.npz and the figure
+    run.metrics.update(n_params=ParamSpec.of(model).numel, n_points={k: int(v.shape[0]) for k, v in points.items()},
+                       threads=torch.get_num_threads())
+
+
+def write_run_files(run: Run, metrics: dict) -> None:
+    """config.json, model.pt, history.csv and predictions.npz (see :func:`write_outputs`)."""
+    if run.out is None:
+        return
+    d = run.state.lsr.diagnostics
+    run.state.histories.extend(history_rows("lsr", [HistoryEntry(0, d["seconds"]["total"], residual=d["after"].residual,
+                                                                 errors=d["after"].errors)]))
+    write_outputs(run.state.problem, run.args, run.state.model, run.state.lsr, metrics, run.state.histories,
+                  extra_predictors=run.state.refined)
+
+
+def write_report(run: Run, metrics: dict) -> None:
+    """The figures and summary.md, rebuilt from the run folder (summary.md alone with --no-plot)."""
+    if not run.args.no_plot:
+        from .plotting import draw_safely
+
+        draw_safely(lambda: rebuild_report(run.out))
+    else:
+        atomic_write_text(run.out / "summary.md", summary_markdown(metrics, run_config(run.state.problem, run.args), []))
+
+
+#: the stages of a problem run, in order (each leaves no stage in metrics.json when not asked for)
+STAGES = (Stage("pretrain", pretrain_stage), Stage("lbfgs", lbfgs_stage), Stage("lsr", lsr_stage),
+          Stage("gauss_newton", gauss_newton_stage), Stage("ilsr", ilsr_stage))
+
+
+def pipeline(problem: PDEProblem) -> Pipeline:
+    """The pipeline of a problem run: pretrain (or load), L-BFGS, one-shot LSR, Gauss–Newton, ILSR."""
+
+    def setup(run: Run) -> None:
+        run.state.problem = problem
+        prepare(run)
+
+    return Pipeline(problem, STAGES, prepare=setup, finish=write_run_files, report=write_report)
+
+
+def run(problem: PDEProblem, args: argparse.Namespace) -> dict:
+    """Run the pipeline described by ``args``; returns the metrics dict (also written with --out)."""
+    return run_pipeline(pipeline(problem), args)
 
 
 def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histories: list[dict] | None = None,
                   predictors: dict | None = None, extra_predictors: dict | None = None) -> None:
-    """The run folder (see :mod:`pinnlsr.report`): config.json, model.pt, history.csv,
-    predictions.npz, metrics.json, then figures and summary.md rebuilt from those files.
+    """The run folder (see :mod:`pinnlsr.report`): config.json, model.pt, history.csv and
+    predictions.npz (metrics.json, figures and summary.md follow: :func:`run_pipeline`).
 
     ``predictors`` maps stage names to models evaluated on the reference points (default: the
     pretrained network and the LSR predictor); ``extra_predictors`` are added after them (the
     Gauss–Newton and ILSR predictors; the figure shows the last one)."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    config = run_config(problem, args)
-    atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "config.json", run_config(problem, args))
     ckpt.save_state_dict(model, out / "model.pt")
     write_history_csv(out / "history.csv", histories or [])
     ref = reference_on(problem, result.model.theta0.dtype, result.model.theta0.device)
@@ -328,33 +310,6 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
         predictors = {**(predictors or {pretrained: model, "lsr": result.model}), **(extra_predictors or {})}
         preds = {name: predict(m.to(x), x).cpu().numpy() for name, m in predictors.items()}
         write_predictions(out / "predictions.npz", x.cpu().numpy(), u.cpu().numpy(), preds)
-    atomic_write_json(out / "metrics.json", metrics)
-    if not args.no_plot:
-        from .plotting import draw_safely
-
-        draw_safely(lambda: rebuild_report(out))
-    else:
-        atomic_write_text(out / "summary.md", summary_markdown(metrics, config, []))
-    print(f"wrote {out / 'metrics.json'}")
-
-
-#: errors that mean bad input (a file, an option, a model that does not fit): exit code 2
-INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-
-
-def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
-    """Call ``run_fn(*args)``: bad input becomes one line on stderr and exit code 2, Ctrl-C the
-    line "interrupted" and exit code 130; any other exception (a bug) keeps its traceback.
-    Sets the process's malloc for tensor passes first (:func:`pinnlsr.allocator.tune_allocator`)."""
-    tune_allocator()
-    try:
-        return 0, run_fn(*args)
-    except INPUT_ERRORS as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2, None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130, None
 
 
 def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,

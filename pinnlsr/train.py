@@ -17,21 +17,34 @@ from tqdm.auto import tqdm
 
 from .models import ParamSpec
 from .problem import PDEProblem
+from .records import HistoryEntry
 from .jet_plans import JetLoss
 from .residual import residual_rows
 
 
 @dataclass
 class TrainHistory:
-    """Loss per step and wall time; ``best_loss`` and the step that reached it."""
+    """The logged steps (:class:`~pinnlsr.records.HistoryEntry`: step, seconds since the start,
+    loss), ``best_loss`` and the step that reached it, whether the loss diverged, and the path
+    each term's values took (``backends``)."""
 
-    step: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
+    entries: list[HistoryEntry] = field(default_factory=list)
     best_loss: float = math.inf
     best_step: int = -1
     diverged: bool = False
     backends: dict = field(default_factory=dict)
+
+    @property
+    def step(self) -> list[int]:
+        return [e.iteration for e in self.entries]
+
+    @property
+    def loss(self) -> list[float]:
+        return [e.loss for e in self.entries]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [e.seconds for e in self.entries]
 
 
 class Objective:
@@ -113,9 +126,7 @@ def train_adam(
             if not math.isfinite(lv):
                 hist.diverged = True
                 break
-            hist.step.append(step)
-            hist.loss.append(lv)
-            hist.seconds.append(time.perf_counter() - start)
+            hist.entries.append(HistoryEntry(step, time.perf_counter() - start, loss=lv))
             bar.set_postfix(loss=f"{lv:.3e}")
             if callback:
                 callback(step, lv)
@@ -185,9 +196,7 @@ def train_lbfgs(
             hist.best_loss, hist.best_step = lv, it
             best_theta = theta.detach().clone()
         if it % log_every == 0 or it == iterations - 1:
-            hist.step.append(it)
-            hist.loss.append(lv)
-            hist.seconds.append(time.perf_counter() - start)
+            hist.entries.append(HistoryEntry(it, time.perf_counter() - start, loss=lv))
             bar.set_postfix(loss=f"{lv:.3e}")
             if callback:
                 callback(it, lv)

@@ -29,15 +29,14 @@ from torch import nn
 from pinnlsr import checkpoint as ckpt
 from pinnlsr.deeponet import DeepONet
 from pinnlsr.datasets import load_antiderivative
-from pinnlsr.io import atomic_write_json
 from pinnlsr.metrics import predict
 from pinnlsr.models import ParamSpec
+from pinnlsr.pipeline import Pipeline, Run, Stage, add_run_options, run_guarded, run_pipeline
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_error_per_instance, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan
-from pinnlsr import runfolder
-from pinnlsr.runner import check_options, run_guarded
-from pinnlsr.settings import Parser, RunSettings, add_device_options, add_settings, device_and_dtype
+from pinnlsr.records import Evaluation, StageRecord
+from pinnlsr.settings import Parser, RunSettings, add_settings
 
 N_SENSORS = 100
 
@@ -168,9 +167,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = Parser(prog=prog or "python -m problems.deeponet_antiderivative_data",
                description=DeepONetAntiderivativeData.description,
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and sketch")
-    add_device_options(p)
-    runfolder.add_options(p, help_out="folder for metrics.json, model.pt, figures")
+    add_run_options(p, seed_help="seed of the split, initialisation and sketch",
+                    out_help="folder for metrics.json, model.pt, figures", plot_help="skip the figures")
     p.add_argument("--validation-functions", type=int, default=30,
                    help="training functions held out to choose the rank (0: choose by training residual)")
     p.add_argument("--branch-widths", type=int, nargs="*", default=[],
@@ -185,71 +183,97 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--least-squares", choices=["dense", "streaming"], default="streaming",
                    help="reduced solve: dense QR or streamed TSQR")
     p.add_argument("--checkpoint", type=Path, default=None, help="refine this DeepONet state_dict instead of training")
-    p.add_argument("--no-plot", action="store_true", help="skip the figures")
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
-    check_options(args)
-    device, dtype = device_and_dtype(args)
-    runfolder.check(args.out, args.overwrite)
-    runfolder.clear(args.out, keep_checkpoints=False)
-    problem = DeepONetAntiderivativeData(args.validation_functions, args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    net = make_deeponet(args.branch_widths, args.trunk_widths, args.latent, gen, dtype, device)
-    model = PairModel(net)
-    m = ParamSpec.of(model).numel
+def prepare(run: Run) -> None:
+    """The data split and the DeepONet."""
+    args, s = run.args, run.state
+    s.problem = problem = DeepONetAntiderivativeData(args.validation_functions, args.seed)
+    s.net = make_deeponet(args.branch_widths, args.trunk_widths, args.latent, run.generator, run.dtype, run.device)
+    s.model = PairModel(s.net)
+    run.metrics.update(n_params=ParamSpec.of(s.model).numel,
+                       n_points={"train_pairs": int(problem.train_branch.shape[0] * problem.x_trunk.shape[0]),
+                                 "validation_functions": int(problem.val_branch.shape[0]),
+                                 "test_functions": int(problem.test_branch.shape[0])})
+
+
+def on_test_functions(errors: torch.Tensor, residual: float | None = None) -> Evaluation:
+    """The evaluation on the test functions: the mean of the per-function relative L2 errors
+    ``errors`` (no max error over all points) and the residual on the training pairs."""
+    return Evaluation({"rel_l2": float(errors.mean())}, residual)
+
+
+def pretrain(run: Run) -> StageRecord:
+    """Full-batch Adam on the training pairs, or the DeepONet of ``--checkpoint``."""
+    args, s = run.args, run.state
     t = time.perf_counter()
     if args.checkpoint is not None:
-        ckpt.load_into(net, args.checkpoint)
+        ckpt.load_into(s.net, args.checkpoint)
         name = "checkpoint"
     else:
-        to = lambda a: a.to(dtype=dtype, device=device)
-        train_adam_grid(net, to(problem.train_branch), to(problem.x_trunk), to(problem.train_y), args.adam_steps,
-                        args.lr, args.final_lr)
+        to = lambda a: a.to(dtype=run.dtype, device=run.device)
+        train_adam_grid(s.net, to(s.problem.train_branch), to(s.problem.x_trunk), to(s.problem.train_y),
+                        args.adam_steps, args.lr, args.final_lr)
         name = "adam"
-    before = per_function_errors(model, problem)
-    stages = [{"name": name, "rel_l2": float(before.mean()), "max_abs_err": None, "residual": None,
-               "seconds": time.perf_counter() - t, "steps": args.adam_steps, **_stats(before)}]
-    validation = problem.validation()
-    max_rank = min(args.max_rank, m)
-    result = lsr_rank_scan(problem, model, validation=validation, ranks=default_ranks(max_rank, args.n_ranks),
-                           max_rank=max_rank, criterion="validation" if validation is not None else "residual",
-                           subspace="randomized", oversampling=args.oversampling,
-                           power_iterations=args.power_iterations, seed=args.seed, dtype=dtype, device=device,
-                           least_squares=args.least_squares, rank_errors=False, compute_errors=False)
-    after = per_function_errors(result.model, problem)
+    s.before = per_function_errors(s.model, s.problem)
+    return StageRecord(name, time.perf_counter() - t, on_test_functions(s.before),
+                       {"steps": args.adam_steps, **_stats(s.before)})
+
+
+def rank_scan(run: Run) -> StageRecord:
+    """LSR on the training pairs with a randomized basis, the rank chosen on the held-out functions."""
+    args, s = run.args, run.state
+    validation = s.problem.validation()
+    max_rank = min(args.max_rank, ParamSpec.of(s.model).numel)
+    s.result = result = lsr_rank_scan(
+        s.problem, s.model, validation=validation, ranks=default_ranks(max_rank, args.n_ranks), max_rank=max_rank,
+        criterion="validation" if validation is not None else "residual", subspace="randomized",
+        oversampling=args.oversampling, power_iterations=args.power_iterations, seed=args.seed, dtype=run.dtype,
+        device=run.device, least_squares=args.least_squares, rank_errors=False, compute_errors=False)
+    s.after = per_function_errors(result.model, s.problem)
     d = result.diagnostics
-    stages[0]["residual"] = d["residual_before"]
-    stages.append({"name": "lsr", "rel_l2": float(after.mean()), "max_abs_err": None, "residual": d["residual_after"],
-                   "seconds": d["seconds"]["total"], "rank": result.rank, "max_rank": d["max_rank"],
-                   "criterion": d["criterion"], "subspace": d["subspace"], "least_squares": d["least_squares"],
-                   "linearized_residual": d["linearized_residual"], "seconds_by_phase": d["seconds"],
-                   "peak_memory_gb": d["peak_memory_gb"], "validation_before": d.get("validation_before"),
-                   "validation_after": d.get("validation_after"), "scan": result.scan.as_dict(), **_stats(after)})
-    metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype, "n_params": m,
-               "n_points": {"train_pairs": int(problem.train_branch.shape[0] * problem.x_trunk.shape[0]),
-                            "validation_functions": int(problem.val_branch.shape[0]),
-                            "test_functions": int(problem.test_branch.shape[0])},
-               "stages": stages, "improvement": stages[0]["rel_l2_mean"] / stages[1]["rel_l2_mean"]}
+    trained = run.stages[0]  # its residual on the training pairs is the scan's ||f0||
+    trained.evaluation = on_test_functions(s.before, d["before"].residual)
+    return StageRecord("lsr", d["seconds"]["total"], on_test_functions(s.after, d["after"].residual), {
+        "rank": result.rank, "max_rank": d["max_rank"], "criterion": d["criterion"], "subspace": d["subspace"],
+        "least_squares": d["least_squares"], "linearized_residual": d["linearized_residual"],
+        "seconds_by_phase": d["seconds"], "peak_memory_gb": d["peak_memory_gb"],
+        "validation_before": d["before"].validation, "validation_after": d["after"].validation,
+        "scan": result.scan.as_dict(), **_stats(s.after)})
+
+
+def finish(run: Run, metrics: dict) -> None:
+    """The test-error table and improvement; model.pt and the figures."""
+    s, stages = run.state, metrics["stages"]
+    metrics["improvement"] = stages[0]["rel_l2_mean"] / stages[1]["rel_l2_mean"]
     print(f"{'stage':<8}{'mean rel_l2':>13}{'std':>11}{'max':>11}{'seconds':>10}")
-    for s in stages:
-        print(f"{s['name']:<8}{s['rel_l2_mean']:>13.3e}{s['rel_l2_std']:>11.3e}{s['rel_l2_max']:>11.3e}{s['seconds']:>10.1f}")
-    print(f"chosen rank {result.rank} of {d['max_rank']} ({d['criterion']}), m = {m}; mean test error "
-          f"{stages[0]['rel_l2_mean']:.3e} -> {stages[1]['rel_l2_mean']:.3e} ({metrics['improvement']:.1f}x)")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        ckpt.save_state_dict(net, args.out / "model.pt")
-        if not args.no_plot:
-            path = draw_safely(lambda: plot_rank_scan(result.scan, args.out / "rank_scan.png", title=problem.name))
+    for st in stages:
+        print(f"{st['name']:<8}{st['rel_l2_mean']:>13.3e}{st['rel_l2_std']:>11.3e}{st['rel_l2_max']:>11.3e}"
+              f"{st['seconds']:>10.1f}")
+    d = s.result.diagnostics
+    print(f"chosen rank {s.result.rank} of {d['max_rank']} ({d['criterion']}), m = {metrics['n_params']}; mean test "
+          f"error {stages[0]['rel_l2_mean']:.3e} -> {stages[1]['rel_l2_mean']:.3e} ({metrics['improvement']:.1f}x)")
+    out = run.out
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.save_state_dict(s.net, out / "model.pt")
+        if not run.args.no_plot:
+            path = draw_safely(lambda: plot_rank_scan(s.result.scan, out / "rank_scan.png", title=s.problem.name))
             if path is not None:
                 metrics["figure"] = path.name
-            draw_safely(lambda: plot_error_per_instance(before.cpu().numpy(), after.cpu().numpy(),
-                                                        args.out / "error_per_instance.png",
-                                                        title=f"{problem.name}: test functions"))
-        atomic_write_json(args.out / "metrics.json", metrics)
-        print(f"wrote {args.out / 'metrics.json'}")
-    return metrics
+            draw_safely(lambda: plot_error_per_instance(s.before.cpu().numpy(), s.after.cpu().numpy(),
+                                                        out / "error_per_instance.png",
+                                                        title=f"{s.problem.name}: test functions"))
+
+
+#: the pipeline: train (or load), then the validated rank scan
+PIPELINE = Pipeline(DeepONetAntiderivativeData, [Stage("pretrain", pretrain), Stage("lsr", rank_scan)],
+                    prepare=prepare, finish=finish)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return run_pipeline(PIPELINE, args)
 
 
 def run_cli(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -18,16 +18,13 @@ import torch
 
 from pinnlsr import checkpoint as ckpt
 from pinnlsr.geometry import uniform_grid
-from pinnlsr.io import atomic_write_json
-from pinnlsr.metrics import model_errors
 from pinnlsr.models import MLP, ParamSpec
+from pinnlsr.pipeline import Pipeline, Run, Stage, add_run_options, evaluate, run_guarded, run_pipeline
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
-from pinnlsr import runfolder
-from pinnlsr.jet_plans import residual_norm
-from pinnlsr.runner import _stage, check_options, print_table, run_guarded
-from pinnlsr.settings import Parser, RunSettings, add_device_options, add_settings, device_and_dtype
+from pinnlsr.records import StageRecord
+from pinnlsr.settings import Parser, RunSettings, add_settings
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -83,9 +80,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = Parser(prog=prog or "python -m problems.fit2d", description=Fit2D.description
                + " Adam, then LSR with the rank chosen on the validation split.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sketches")
-    add_device_options(p)
-    runfolder.add_options(p, help_out="folder for metrics.json, model.pt, rank_scan.png")
+    add_run_options(p, seed_help="seed of data, initialisation and sketches",
+                    out_help="folder for metrics.json, model.pt, rank_scan.png")
     p.add_argument("--samples", type=int, default=10000, help="random samples (train + validation)")
     p.add_argument("--validation-fraction", type=float, default=0.2, help="share of the samples held out")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian label noise")
@@ -99,55 +95,69 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--least-squares", choices=["dense", "streaming"], default="dense",
                    help="reduced solve: dense QR or streamed TSQR")
     p.add_argument("--checkpoint", type=Path, default=None, help="refine this state_dict instead of training")
-    p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
-    check_options(args)
-    device, dtype = device_and_dtype(args)
-    runfolder.check(args.out, args.overwrite)
-    runfolder.clear(args.out, keep_checkpoints=False)
-    problem = Fit2D(args.samples, args.validation_fraction, args.noise, args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    model = MLP(2, 1, tuple(args.widths), "tanh", generator=gen, dtype=dtype, device=device)
-    points = problem.sample_points(gen, dtype, device)
-    stages = []
+def prepare(run: Run) -> None:
+    """The data, the network and the training points."""
+    args, s = run.args, run.state
+    s.problem = Fit2D(args.samples, args.validation_fraction, args.noise, args.seed)
+    s.model = MLP(2, 1, tuple(args.widths), "tanh", generator=run.generator, dtype=run.dtype, device=run.device)
+    s.points = s.problem.sample_points(run.generator, run.dtype, run.device)
+    p = s.problem
+    run.metrics.update(n_params=ParamSpec.of(s.model).numel,
+                       n_points={"train": int(p.x_train.shape[0]), "validation": int(p.x_val.shape[0]),
+                                 "test": int(p.test_points().shape[0])},
+                       noise=args.noise)
+
+
+def pretrain(run: Run) -> StageRecord:
+    """Adam on the training split, or the network of ``--checkpoint``."""
+    args, s = run.args, run.state
     t = time.perf_counter()
     if args.checkpoint is not None:
-        ckpt.load_into(model, args.checkpoint)
-        stages.append(_stage("checkpoint", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             residual_norm(problem, model, points, check=True), path=str(args.checkpoint)))
-    else:
-        train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, False if args.quiet else None)
-        stages.append(_stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                             residual_norm(problem, model, points, check=True), steps=args.adam_steps))
-    m = ParamSpec.of(model).numel
-    max_rank = min(m, problem.x_train.shape[0], args.max_rank or m)
-    result = lsr_rank_scan(problem, model, points=points, validation=problem.validation(),
-                           ranks=default_ranks(max_rank, args.n_ranks), max_rank=max_rank,
-                           criterion=args.criterion, subspace=args.subspace, seed=args.seed, dtype=dtype,
-                           device=device, least_squares=args.least_squares)
-    stages.append(scan_stage(result))
-    metrics = {"problem": problem.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
-               "n_params": m, "n_points": {"train": int(problem.x_train.shape[0]), "validation": int(problem.x_val.shape[0]),
-                                            "test": int(problem.test_points().shape[0])},
-               "noise": args.noise, "stages": stages,
-               "improvement": stages[0]["rel_l2"] / max(stages[-1]["rel_l2"], 1e-300)}
-    print_table(stages)
-    print(f"chosen rank {result.rank} of {result.diagnostics['max_rank']} ({args.criterion}); "
-          f"test error {stages[0]['rel_l2']:.3e} -> {stages[-1]['rel_l2']:.3e} ({metrics['improvement']:.1f}x)")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        ckpt.save_state_dict(model, args.out / "model.pt")
-        if not args.no_plot:
-            path = draw_safely(lambda: plot_rank_scan(result.scan, args.out / "rank_scan.png", title="fit2d"))
+        ckpt.load_into(s.model, args.checkpoint)
+        return StageRecord("checkpoint", time.perf_counter() - t,
+                           evaluate(s.problem, s.model, s.points, run.dtype, run.device), {"path": str(args.checkpoint)})
+    train_adam(s.problem, s.model, s.points, args.adam_steps, args.lr, args.final_lr, False if args.quiet else None)
+    return StageRecord("adam", time.perf_counter() - t, evaluate(s.problem, s.model, s.points, run.dtype, run.device),
+                       {"steps": args.adam_steps})
+
+
+def rank_scan(run: Run) -> StageRecord:
+    """LSR with the rank chosen on the validation split (or by the training residual)."""
+    args, s = run.args, run.state
+    m = ParamSpec.of(s.model).numel
+    max_rank = min(m, s.problem.x_train.shape[0], args.max_rank or m)
+    s.result = lsr_rank_scan(s.problem, s.model, points=s.points, validation=s.problem.validation(),
+                             ranks=default_ranks(max_rank, args.n_ranks), max_rank=max_rank,
+                             criterion=args.criterion, subspace=args.subspace, seed=args.seed, dtype=run.dtype,
+                             device=run.device, least_squares=args.least_squares)
+    return scan_stage(s.result)
+
+
+def finish(run: Run, metrics: dict) -> None:
+    """The improvement over the trained network; model.pt and rank_scan.png."""
+    first, last, result = run.stages[0], run.stages[-1], run.state.result
+    metrics["improvement"] = first.rel_l2 / max(last.rel_l2, 1e-300)
+    print(f"chosen rank {result.rank} of {result.diagnostics['max_rank']} ({run.args.criterion}); "
+          f"test error {first.rel_l2:.3e} -> {last.rel_l2:.3e} ({metrics['improvement']:.1f}x)")
+    if run.out is not None:
+        run.out.mkdir(parents=True, exist_ok=True)
+        ckpt.save_state_dict(run.state.model, run.out / "model.pt")
+        if not run.args.no_plot:
+            path = draw_safely(lambda: plot_rank_scan(result.scan, run.out / "rank_scan.png", title="fit2d"))
             if path is not None:
                 metrics["figure"] = path.name
-        atomic_write_json(args.out / "metrics.json", metrics)
-        print(f"wrote {args.out / 'metrics.json'}")
-    return metrics
+
+
+#: the pipeline: train (or load), then the validated rank scan
+PIPELINE = Pipeline(Fit2D, [Stage("pretrain", pretrain), Stage("lsr", rank_scan)], prepare=prepare, finish=finish)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return run_pipeline(PIPELINE, args)
 
 
 def run_cli(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -32,7 +33,6 @@ from torch import nn
 from pinnlsr import operators as op
 from pinnlsr.geometry import Box, TimeDomain
 from pinnlsr.datafolder import data_file
-from pinnlsr.io import atomic_write_json
 from pinnlsr.readers import load_points_dat
 from pinnlsr.metrics import model_errors
 from pinnlsr import jacobian as jac
@@ -41,12 +41,10 @@ from pinnlsr.residual import residual_rows
 from pinnlsr.solvers import DampedLeastSquares, DampingSearch
 from pinnlsr.problem import PDEProblem, Term
 from pinnlsr.plotting import draw_safely, plot_rank_scan
+from pinnlsr.pipeline import Pipeline, Run, Stage, add_run_options, evaluate, run_guarded, run_pipeline
 from pinnlsr.rank import TermsProblem, default_ranks, lsr_rank_scan, scan_stage
-from pinnlsr import runfolder
-from pinnlsr.jet_plans import residual_norm
-from pinnlsr.runner import _stage, check_options, run_guarded
-from pinnlsr.settings import (Parser, RunSettings, add_alias, add_device_options, add_settings, device_and_dtype,
-                              parse_counts)
+from pinnlsr.records import Evaluation, HistoryEntry, StageRecord
+from pinnlsr.settings import Parser, RunSettings, add_alias, add_settings, parse_counts
 from pinnlsr.train import train_adam
 
 PI = math.pi
@@ -154,7 +152,7 @@ class HeatInverse(PDEProblem):
 
 def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: dict, validation: PDEProblem,
                          iterations: int, validation_limit: float, rcond: float = 1e-12, max_tries: int = 12
-                         ) -> tuple[LinearizedModel, list[dict], float]:
+                         ) -> tuple[LinearizedModel, list[HistoryEntry], float]:
     """Levenberg–Marquardt in the coefficients z of the refined predictor u0 + J V z (the PDE term
     a·Δu is quadratic in z, so one linear solve is not its minimizer): the damped step of
     :class:`pinnlsr.solvers.DampedLeastSquares`, the damping tried over decades per Jacobian
@@ -178,7 +176,7 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
         rows = residual_rows(problem, refined, points)
         step = DampedLeastSquares(jac.jacobian(rows, z), -rows.values(z), rcond)
 
-        def evaluate(delta):
+        def try_step(delta):
             candidate = copy.deepcopy(refined)
             with torch.no_grad():
                 candidate.z.add_(delta)
@@ -188,10 +186,11 @@ def tangent_gauss_newton(problem: PDEProblem, refined: LinearizedModel, points: 
         def validate(delta, payload):  # never worse than the trained network on the validation data
             return payload[1] if payload[1] <= validation_limit else math.inf
 
-        trial, tries, _ = search.choose(step, residual, evaluate, validate)
+        trial, tries, _ = search.choose(step, residual, try_step, validate)
         accepted = trial is not None
-        history.append({"iteration": it + 1, "residual": trial.norm if accepted else residual,
-                        "validation": trial.score if accepted else None, "accepted": accepted, "tries": tries})
+        history.append(HistoryEntry(it + 1, residual=trial.norm if accepted else residual,
+                                    extras={"validation": trial.score if accepted else None, "accepted": accepted,
+                                            "tries": tries}))
         if not accepted:
             break
         refined, residual = trial.payload[0], trial.norm
@@ -207,9 +206,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                description=HeatInverse.description + " Adam, then LSR with the rank chosen on "
                "held-out observations, per noise level.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="seed of noise, split, initialisation and points")
-    add_device_options(p)
-    runfolder.add_options(p, help_out="folder for metrics.json and rank-scan figures")
+    add_run_options(p, seed_help="seed of noise, split, initialisation and points",
+                    out_help="folder for metrics.json and rank-scan figures", plot_help="skip the figures")
     p.add_argument("--noise", type=float, nargs="+", default=list(NOISE_LEVELS), help="noise standard deviations")
     p.add_argument("--points-file", type=Path, default=None, help=f"observation points (default: shared {POINTS_FILE})")
     add_settings(p, DEFAULTS, ("points",), notes={"points": "terms: pde=500, bc_a=100"})
@@ -222,7 +220,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=["validation", "residual"], default="validation",
                    help="what chooses the rank: error on the held-out observations or training residual")
     add_settings(p, DEFAULTS, ("gn_iters",), notes={"gn_iters": "here in z at the chosen rank"})
-    p.add_argument("--no-plot", action="store_true", help="skip the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_alias(p, "--n-pde", "--points", term="pde", type=int)
     add_alias(p, "--n-bc", "--points", term="bc_a", type=int)
@@ -230,80 +227,117 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def run_noise(args, noise: float) -> tuple[list[dict], dict]:
-    """Adam then the validated rank scan at one noise level: (stages, summary row)."""
-    device, dtype = device_and_dtype(args)
-    problem = HeatInverse(noise, obs_weight=args.obs_weight, seed=args.seed, points_path=args.points_file)
-    gen = torch.Generator().manual_seed(args.seed)
-    model = HeatInverseNet(args.widths, args.a_widths, gen, dtype, device)
-    points = problem.sample_points(gen, dtype, device, parse_counts(args.points))
-    t = time.perf_counter()
-    train_adam(problem, model, points, args.adam_steps, args.lr, args.final_lr, False if args.quiet else None)
-    adam = _stage("adam", time.perf_counter() - t, model_errors(problem, model, dtype, device),
-                  residual_norm(problem, model, points, check=True), steps=args.adam_steps, noise=noise)
-    m = ParamSpec.of(model).numel
-    max_rank = min(m, args.max_rank or m)
-    result = lsr_rank_scan(problem, model, points=points, validation=problem.validation(),
-                           ranks=default_ranks(max_rank, args.n_ranks), max_rank=max_rank,
-                           criterion=args.criterion, seed=args.seed, dtype=dtype, device=device)
-    lsr_stage = scan_stage(result)
-    lsr_stage["noise"] = noise
-    stages = [adam, lsr_stage]
-    final = lsr_stage
-    if args.gn_iters > 0 and result.rank > 0:
+def noise_level(noise: float) -> list[Stage]:
+    """The stages at one noise level: Adam, the validated rank scan, Gauss–Newton in z at the
+    chosen rank, and the level's summary row (no stage of its own)."""
+    level = SimpleNamespace(noise=noise)
+
+    def adam(run: Run) -> StageRecord:
+        args = run.args
+        level.problem = HeatInverse(noise, obs_weight=args.obs_weight, seed=args.seed, points_path=args.points_file)
+        gen = torch.Generator().manual_seed(args.seed)  # each noise level starts from the same network and points
+        level.model = HeatInverseNet(args.widths, args.a_widths, gen, run.dtype, run.device)
+        level.points = level.problem.sample_points(gen, run.dtype, run.device, parse_counts(args.points))
         t = time.perf_counter()
-        refined, history, residual = tangent_gauss_newton(problem, result.model, result.points, problem.validation(),
-                                                args.gn_iters, result.scan.validation_error[0])
-        errors = model_errors(problem, refined, dtype, device)
-        final = _stage("gauss_newton", time.perf_counter() - t, errors, residual,
-                       rank=result.rank, iterations=history, noise=noise)
-        stages.append(final)
-    scan = result.scan
-    summary = {"noise": noise, "n_params": m, "rank": result.rank, "max_rank": result.diagnostics["max_rank"],
-               "rel_l2_u_before": adam["rel_l2_0"], "rel_l2_u_after": final["rel_l2_0"],
-               "rel_l2_a_before": adam["rel_l2_1"], "rel_l2_a_after": final["rel_l2_1"],
-               "rel_l2_u_lsr": lsr_stage["rel_l2_0"], "rel_l2_a_lsr": lsr_stage["rel_l2_1"],
-               "rel_l2_a_best_rank": min(scan.test_errors["rel_l2_a"]),
-               "rel_l2_a_max_rank": scan.test_errors["rel_l2_a"][-1],
-               "seconds_adam": adam["seconds"], "seconds_lsr": sum(s["seconds"] for s in stages[1:])}
-    if args.out is not None and not args.no_plot:
-        path = draw_safely(lambda: plot_rank_scan(scan, args.out / f"rank_scan_noise{noise:g}.png",
-                                                  title=f"heat_inverse, σ = {noise:g}"))
-        if path is not None:
-            lsr_stage["figure"] = path.name
-    return stages, summary
+        train_adam(level.problem, level.model, level.points, args.adam_steps, args.lr, args.final_lr,
+                   False if args.quiet else None)
+        level.trained = StageRecord("adam", time.perf_counter() - t,
+                                    evaluate(level.problem, level.model, level.points, run.dtype, run.device),
+                                    {"steps": args.adam_steps, "noise": noise})
+        return level.trained
+
+    def lsr(run: Run) -> StageRecord:
+        args = run.args
+        m = ParamSpec.of(level.model).numel
+        if run.metrics["n_params"] is None:  # the first level's (every level has the same network)
+            run.metrics["n_params"] = m
+        max_rank = min(m, args.max_rank or m)
+        level.result = lsr_rank_scan(level.problem, level.model, points=level.points,
+                                     validation=level.problem.validation(), ranks=default_ranks(max_rank, args.n_ranks),
+                                     max_rank=max_rank, criterion=args.criterion, seed=args.seed, dtype=run.dtype,
+                                     device=run.device)
+        level.lsr = level.final = scan_stage(level.result)
+        level.lsr.extras["noise"] = noise
+        return level.lsr
+
+    def gauss_newton(run: Run) -> StageRecord | None:
+        result = level.result
+        if run.args.gn_iters <= 0 or result.rank == 0:
+            return None
+        t = time.perf_counter()
+        refined, history, residual = tangent_gauss_newton(level.problem, result.model, result.points,
+                                                          level.problem.validation(), run.args.gn_iters,
+                                                          result.scan.validation_error[0])
+        errors = model_errors(level.problem, refined, run.dtype, run.device)
+        level.final = StageRecord("gauss_newton", time.perf_counter() - t, Evaluation(errors, residual),
+                                  {"rank": result.rank, "iterations": [h.to_json() for h in history], "noise": noise})
+        return level.final
+
+    def summary(run: Run) -> None:
+        scan = level.result.scan
+        if run.out is not None and not run.args.no_plot:
+            path = draw_safely(lambda: plot_rank_scan(scan, run.out / f"rank_scan_noise{noise:g}.png",
+                                                      title=f"heat_inverse, σ = {noise:g}"))
+            if path is not None:
+                level.lsr.extras["figure"] = path.name
+        run.state.levels.append(level)
+        run.metrics["summary"].append(summary_row(level))
+        print_summary([level])
+        return None
+
+    return [Stage("adam", adam), Stage("lsr", lsr), Stage("gauss_newton", gauss_newton), Stage("summary", summary)]
 
 
-def print_summary(rows: list[dict], file=None) -> None:
+def summary_row(level: SimpleNamespace) -> dict:
+    """The metrics.json summary row of a noise level: errors of u and a of the trained network
+    (before), of the LSR predictor and of the final predictor (after), the best and the largest
+    scanned rank's error of a, seconds."""
+    trained, lsr, final = (s.evaluation.errors for s in (level.trained, level.lsr, level.final))
+    scan, d = level.result.scan, level.result.diagnostics
+    return {"noise": level.noise, "n_params": ParamSpec.of(level.model).numel, "rank": level.result.rank,
+            "max_rank": d["max_rank"], "rel_l2_u_before": trained["rel_l2_0"], "rel_l2_u_after": final["rel_l2_0"],
+            "rel_l2_a_before": trained["rel_l2_1"], "rel_l2_a_after": final["rel_l2_1"],
+            "rel_l2_u_lsr": lsr["rel_l2_0"], "rel_l2_a_lsr": lsr["rel_l2_1"],
+            "rel_l2_a_best_rank": min(scan.test_errors["rel_l2_a"]), "rel_l2_a_max_rank": scan.test_errors["rel_l2_a"][-1],
+            "seconds_adam": level.trained.seconds,
+            "seconds_lsr": level.lsr.seconds + (level.final.seconds if level.final is not level.lsr else 0.0)}
+
+
+def print_summary(levels: list[SimpleNamespace], file=None) -> None:
+    """Per noise level: the chosen rank and the errors of a and u before and after."""
     file = sys.stdout if file is None else file  # resolved per call: sys.stdout can be replaced
     print(f"{'noise':>6}{'rank':>7}{'a before':>11}{'a after':>11}{'a ratio':>9}{'u before':>11}{'u after':>11}",
           file=file)
-    for r in rows:
-        print(f"{r['noise']:>6g}{r['rank']:>7d}{r['rel_l2_a_before']:>11.3e}{r['rel_l2_a_after']:>11.3e}"
-              f"{r['rel_l2_a_before'] / r['rel_l2_a_after']:>9.1f}{r['rel_l2_u_before']:>11.3e}"
-              f"{r['rel_l2_u_after']:>11.3e}", file=file)
+    for level in levels:
+        before, after = level.trained.evaluation.errors, level.final.evaluation.errors
+        print(f"{level.noise:>6g}{level.result.rank:>7d}{before['rel_l2_1']:>11.3e}{after['rel_l2_1']:>11.3e}"
+              f"{before['rel_l2_1'] / after['rel_l2_1']:>9.1f}{before['rel_l2_0']:>11.3e}"
+              f"{after['rel_l2_0']:>11.3e}", file=file)
+
+
+def stages(run: Run) -> list[Stage]:
+    """Every noise level's stages, in the order of ``--noise``."""
+    return [stage for noise in run.args.noise for stage in noise_level(noise)]
+
+
+def prepare(run: Run) -> None:
+    """The top-level metrics.json keys the noise levels fill in."""
+    run.metrics.update(n_params=None, noise_levels=list(run.args.noise), summary=[])
+    run.state.levels = []
+
+
+def finish(run: Run, metrics: dict) -> None:
+    """The summary of every noise level, printed together."""
+    print()
+    print_summary(run.state.levels)
+
+
+#: the pipeline: per noise level Adam, the validated rank scan and Gauss–Newton
+PIPELINE = Pipeline(HeatInverse, stages, prepare=prepare, finish=finish)
 
 
 def run(args: argparse.Namespace) -> dict:
-    check_options(args)
-    device = device_and_dtype(args)[0]
-    runfolder.check(args.out, args.overwrite)
-    runfolder.clear(args.out, keep_checkpoints=False)
-    stages, summary = [], []
-    for noise in args.noise:
-        s, row = run_noise(args, noise)
-        stages += s
-        summary.append(row)
-        print_summary(summary[-1:] if len(summary) > 1 else summary)
-    metrics = {"problem": HeatInverse.name, "seed": args.seed, "device": str(device), "dtype": args.dtype,
-               "n_params": summary[0]["n_params"] if summary else None, "noise_levels": list(args.noise),
-               "summary": summary, "stages": stages}
-    print()
-    print_summary(summary)
-    if args.out is not None:
-        atomic_write_json(args.out / "metrics.json", metrics)
-        print(f"wrote {args.out / 'metrics.json'}")
-    return metrics
+    return run_pipeline(PIPELINE, args)
 
 
 def run_cli(argv: list[str] | None = None, prog: str | None = None) -> int:

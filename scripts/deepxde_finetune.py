@@ -203,13 +203,13 @@ def run_example(name: str, args, dde) -> dict:
             extra = {"method": "Levenberg-Marquardt in parameter space (whole-space LSR step with Nielsen "
                                "damping, repeated from the moved network; best state on validation points)",
                      "iterations": d["iterations"], "best_iteration": d["best_iteration"], "stopped": d["stopped"],
-                     "validation_points": d["validation_points"], "validation_residual": d["validation_after"],
+                     "validation_points": d["validation_points"], "validation_residual": d["after"].validation,
                      "history": [{k: r.get(k) for k in ("iteration", "residual", "validation", "damping")}
                                  for r in res.history]}
         seconds = time.perf_counter() - t
-        d = res.diagnostics
-        out["stages"].append({"name": stage, "rel_l2": d["rel_l2_after"], "max_abs_err": d["max_abs_err_after"],
-                              "residual": d["residual_after"], "seconds": seconds, **extra})
+        after = res.diagnostics["after"]
+        out["stages"].append({"name": stage, "rel_l2": after.rel_l2, "max_abs_err": after.max_abs_err,
+                              "residual": after.residual, "seconds": seconds, **extra})
     return out
 
 
@@ -239,10 +239,10 @@ def run_operator_example(name: str, args, dde) -> dict:
                                   rank=args.deeponet_rank, seed=args.seed + i, reference=(x, u_ref))
         seconds.append(time.perf_counter() - t)
         d = res.diagnostics
-        before.append(d["rel_l2_before"])
-        after.append(d["rel_l2_after"])
-        res_before.append(d["residual_before"])
-        res_after.append(d["residual_after"])
+        before.append(d["before"].rel_l2)
+        after.append(d["after"].rel_l2)
+        res_before.append(d["before"].residual)
+        res_after.append(d["after"].residual)
         n_params, n_rows, rank = d["n_params"], d["n_rows"], d["rank"]
     b, a = np.asarray(before), np.asarray(after)
     common = {"n_instances": len(a), "reference": "trapezoid quadrature of the input function (2^16 cells)"}

@@ -165,11 +165,11 @@ def deepxde_check(device: str) -> list[dict]:
     cpu = px.refine(model, device="cpu").diagnostics
     dev = px.refine(model, device=device).diagnostics
     checks = []
-    for key in ("rel_l2_before", "rel_l2_after"):
-        a, b = cpu[key], dev[key]
+    for tag in ("before", "after"):
+        a, b = cpu[tag].rel_l2, dev[tag].rel_l2
         rel = abs(a - b) / max(abs(a), 1e-300)
-        tol = TOL_TRAINING if key.endswith("before") else TOL_REFINEMENT
-        checks.append({"check": "deepxde_poisson", "stage": key, "cpu": a, "device": b, "rel_diff": rel,
+        tol = TOL_TRAINING if tag == "before" else TOL_REFINEMENT
+        checks.append({"check": "deepxde_poisson", "stage": f"rel_l2_{tag}", "cpu": a, "device": b, "rel_diff": rel,
                        "tol": tol, "ok": rel <= tol})
     return checks
 

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     full = lsr(problem, model, points=points, seed=args.seed)
     d = full.diagnostics
     rows.append({"method": "LSR, whole space (truncated SVD, rcond 1e-14)", "rank": d["rank_used"],
-                 "rel_l2": d["rel_l2_after"], "max_abs_err": d["max_abs_err_after"],
+                 "rel_l2": d["after"].rel_l2, "max_abs_err": d["after"].max_abs_err,
                  "seconds": d["seconds"]["refine"], "cond": d["cond"]})
     x = problem.test_points()
     plotting.plot_comparison(x.numpy(), predict(full.model, x)[:, 0].numpy(), problem.exact(x)[:, 0].numpy(),
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     for r in args.ranks:
         res = lsr(problem, model, points=points, rank=r, subspace="randomized", seed=args.seed)
         d = res.diagnostics
-        rows.append({"method": "LSR, randomized subspace", "rank": d["rank"], "rel_l2": d["rel_l2_after"],
-                     "max_abs_err": d["max_abs_err_after"], "seconds": d["seconds"]["refine"], "cond": d["cond"]})
+        rows.append({"method": "LSR, randomized subspace", "rank": d["rank"], "rel_l2": d["after"].rel_l2,
+                     "max_abs_err": d["after"].max_abs_err, "seconds": d["seconds"]["refine"], "cond": d["cond"]})
     lines = ["| method | rank | rel. L2 | max error | cond(GV) used | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         cond = f"{row['cond']:.1e}" if "cond" in row else ""

@@ -41,10 +41,10 @@ def test_gauss_newton_first_step_is_one_shot_lsr_for_a_linear_pde():
     one_shot = lsr(problem, model, points=points, subspace="full", compute_errors=False)
     gn = tangent_gauss_newton(problem, model, points=points, validation_points=points, subspace="full",
                               max_iters=1, damping=1e-30, compute_errors=False)
-    assert gn.history[1]["residual"] == pytest.approx(one_shot.diagnostics["residual_after"], rel=1e-6)
+    assert gn.history[1]["residual"] == pytest.approx(one_shot.diagnostics["after"].residual, rel=1e-6)
     # z itself is ill-determined along near-null directions of G: compare what the solve fixes, to
     # the rounding of a solve with cond(G) near 1/rcond (one path reduces [A | f] to R first)
-    f0 = one_shot.diagnostics["residual_before"]
+    f0 = one_shot.diagnostics["before"].residual
     assert gn.history[1]["linearized_residual"] == pytest.approx(
         one_shot.diagnostics["linearized_residual"], rel=1e-6, abs=1e-10 * f0)
 

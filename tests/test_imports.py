@@ -48,7 +48,7 @@ def test_no_import_cycles():
 #: checkpoint/data readers below everything (they know nothing of PDEs or networks).
 LAYERS = {
     "base": ["allocator", "io", "datafolder", "reference", "meshfiles", "readers", "datasets", "interpolation",
-             "checkpoint", "solvers", "qr"],
+             "checkpoint", "solvers", "qr", "records"],
     "nn": ["models", "deeponet"],
     "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
                 "operators", "problem", "grf", "reference_solvers", "metrics"],
@@ -57,7 +57,7 @@ LAYERS = {
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
     "operators and interop": ["operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
                               "interop.deepxde_operator"],
-    "app": ["settings", "runfolder", "plotting_fields", "plotting", "report", "compare", "runner", "operator_cli", "cli", "__init__"],
+    "app": ["settings", "runfolder", "plotting_fields", "plotting", "report", "compare", "pipeline", "runner", "operator_cli", "cli", "__init__"],
 }
 
 

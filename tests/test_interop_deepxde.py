@@ -130,13 +130,13 @@ def test_levenberg_marquardt_accepts_only_decreasing_steps_and_keeps_best_valida
     res = px.gauss_newton(model, problem=prob, iterations=6, validation=64, seed=3, damping=1e-6)
     d, hist = res.diagnostics, res.history
     accepted = [h["residual"] for h in hist if h["accepted"]]
-    assert accepted and all(b < a for a, b in zip([d["residual_before"]] + accepted, accepted))
-    vals = [d["validation_before"]] + [h["validation"] for h in hist if h["accepted"]]
-    assert d["validation_points"] == 64 and d["validation_after"] == pytest.approx(min(vals), rel=1e-12)
+    assert accepted and all(b < a for a, b in zip([d["before"].residual] + accepted, accepted))
+    vals = [d["before"].validation] + [h["validation"] for h in hist if h["accepted"]]
+    assert d["validation_points"] == 64 and d["after"].validation == pytest.approx(min(vals), rel=1e-12)
     X_val = prob.sample_pde_points(64, seed=3)
-    assert d["validation_after"] == pytest.approx(prob.validation_residual(prob.spec.flatten(res.network), X_val),
+    assert d["after"].validation == pytest.approx(prob.validation_residual(prob.spec.flatten(res.network), X_val),
                                                   rel=1e-10)
-    assert d["residual_after"] < d["residual_before"]
+    assert d["after"].residual < d["before"].residual
 
 
 def test_lsr_solves_linear_problem_with_every_bc_kind():
@@ -144,8 +144,8 @@ def test_lsr_solves_linear_problem_with_every_bc_kind():
     X = np.linspace(-1, 1, 101)[:, None]
     res = px.refine(model, anchors=np.linspace(-0.98, 0.98, 40)[:, None], reference=(X, np.sin(np.pi * X)))
     d = res.diagnostics
-    assert d["residual_after"] < 1e-8 * d["residual_before"]
-    assert d["rel_l2_after"] < 1e-6 < d["rel_l2_before"]
+    assert d["after"].residual < 1e-8 * d["before"].residual
+    assert d["after"].rel_l2 < 1e-6 < d["before"].rel_l2
     before = [p.detach().clone() for p in model.net.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(before, model.net.parameters()))  # not modified
 
@@ -164,11 +164,11 @@ def test_hard_constraint_output_transform_refines_exactly_on_boundary():
     model.compile("adam", lr=1e-3)
     res = px.refine(model)
     d = res.diagnostics
-    assert d["rel_l2_before"] > 0.1 and d["rel_l2_after"] < 1e-6
+    assert d["before"].rel_l2 > 0.1 and d["after"].rel_l2 < 1e-6
     edge = res.predictor(torch.tensor([[-1.0], [1.0]], dtype=torch.float64))
     assert edge.abs().max() < 1e-14
     rnd = px.refine(model, subspace="randomized", rank=32, oversampling=0, problem=res.problem)
-    assert rnd.diagnostics["rank"] == 32 and rnd.diagnostics["rel_l2_after"] < 1e-6
+    assert rnd.diagnostics["rank"] == 32 and rnd.diagnostics["after"].rel_l2 < 1e-6
 
 
 def test_gauss_newton_nonlinear_and_write_back_float32():
@@ -190,7 +190,7 @@ def test_gauss_newton_nonlinear_and_write_back_float32():
     res = px.gauss_newton(model, iterations=10)
     d = res.diagnostics
     assert any("float32" in n for n in d["notes"])
-    assert d["residual_after"] < 0.05 * d["residual_before"] and d["rel_l2_after"] < 0.1 * d["rel_l2_before"]
+    assert d["after"].residual < 0.05 * d["before"].residual and d["after"].rel_l2 < 0.1 * d["before"].rel_l2
     X = np.linspace(-1, 1, 33)[:, None].astype(np.float32)
     err_before = np.abs(model.predict(X) - np.sin(np.pi * X)).max()
     info = px.write_back(model, res)

@@ -101,7 +101,7 @@ def test_instance_lsr_reduces_antiderivative_error():
                               rank=60, seed=0, reference=reference)
     d = res.diagnostics
     assert d["rank"] == 60 and d["subspace"] == "randomized"
-    assert d["rel_l2_after"] < d["rel_l2_before"] / 50, d
+    assert d["after"].rel_l2 < d["before"].rel_l2 / 50, d
     np.testing.assert_allclose(pxo.predict_instance(model, v, reference[0]), px.predict(res.problem.net,
                                                                                          reference[0]))
     assert float(res.predictor(torch.zeros(1, 1, dtype=torch.float64)).detach().abs()) < 1e-14  # hard IC kept

@@ -9,6 +9,7 @@ from pinnlsr import jacobian as jac
 from pinnlsr.lsr import lsr
 from pinnlsr.models import MLP, LinearizedModel, ParamSpec
 from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.records import Evaluation
 from pinnlsr.residual import residual_rows
 from pinnlsr.runner import main
 from pinnlsr.train import train_adam
@@ -79,7 +80,7 @@ def test_lsr_solution_matches_dense_least_squares(subspace, rank):
     lin_res = res.diagnostics["linearized_residual"]
     assert lin_res == pytest.approx(float((a @ ref + f0).norm()), rel=1e-5, abs=1e-12)
     assert subspace != "full" or lin_res < 1e-5 * float(f0.norm())
-    assert res.diagnostics["residual_after"] == pytest.approx(lin_res, rel=1e-5, abs=1e-12)
+    assert res.diagnostics["after"].residual == pytest.approx(lin_res, rel=1e-5, abs=1e-12)
 
 
 def test_reduced_poisson_refines_by_orders_of_magnitude(trained):
@@ -87,14 +88,14 @@ def test_reduced_poisson_refines_by_orders_of_magnitude(trained):
     before = ParamSpec.of(model).flatten(model).clone()
     res = lsr(problem, model, points=points)
     d = res.diagnostics
-    assert d["rel_l2_after"] <= d["rel_l2_before"] / 100
-    assert d["rel_l2_after"] < 1e-5
-    assert d["residual_after"] < d["residual_before"] / 100
+    assert d["after"].rel_l2 <= d["before"].rel_l2 / 100
+    assert d["after"].rel_l2 < 1e-5
+    assert d["after"].residual < d["before"].residual / 100
     assert set(d["seconds"]) >= {"residual", "basis", "jacobian", "solve", "total"}
     assert torch.equal(ParamSpec.of(model).flatten(model), before), "the caller's model must be untouched"
     # randomized subspace of moderate rank also refines strongly
     res_r = lsr(problem, model, points=points, rank=200, subspace="randomized", seed=1)
-    assert res_r.diagnostics["rel_l2_after"] <= d["rel_l2_before"] / 100
+    assert res_r.diagnostics["after"].rel_l2 <= d["before"].rel_l2 / 100
     assert res_r.diagnostics["subspace"] == "randomized"
 
 
@@ -241,7 +242,7 @@ def test_lsr_warns_when_the_predictor_residual_grows():
         model.net[-1].bias.fill_(0.05)
     with pytest.warns(RuntimeWarning, match="raised the residual of the predictor"):
         res = lsr(Cubic(), model, compute_errors=False)
-    assert res.diagnostics["residual_after"] > res.diagnostics["residual_before"]
+    assert res.diagnostics["after"].residual > res.diagnostics["before"].residual
 
 
 def test_mlp_first_layer_scale_multiplies_only_the_first_weights():
@@ -280,9 +281,14 @@ def test_trainers_call_back_at_logged_steps_and_stop_at_max_seconds():
     assert after < before
 
 
-def test_errors_before_and_after_are_one_record_each():
+def test_before_and_after_are_one_record_each():
     problem = TinyPoisson(n_pde=40, n_bc=16)
     d = lsr(problem, tiny_mlp(), points=problem.sample_points(torch.Generator().manual_seed(0))).diagnostics
-    assert set(d["errors_after"]) == {"rel_l2", "max_abs_err"} and set(d["errors_before"]) == set(d["errors_after"])
-    assert all(d[f"{k}_after"] == v for k, v in d["errors_after"].items())
-    assert all(d[f"{k}_before"] == v for k, v in d["errors_before"].items())
+    before, after = d["before"], d["after"]
+    assert isinstance(before, Evaluation) and isinstance(after, Evaluation)
+    assert set(after.errors) == {"rel_l2", "max_abs_err"} and set(before.errors) == set(after.errors)
+    assert after.residual < before.residual and set(after.terms) == set(before.terms) == {"pde", "bc"}
+    # the flat keys users print are written from the records, one for each quantity
+    flat = {**before.flat("before"), **after.flat("after")}
+    assert {k: d[k] for k in flat} == flat and "errors_after" not in d
+    assert (d["rel_l2_after"], d["residual_before"]) == (after.rel_l2, before.residual)

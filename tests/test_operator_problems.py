@@ -43,9 +43,9 @@ def test_per_instance_lsr_reduces_antiderivative_error_50x(pretrained_antideriva
     out = refine_instances(problem, net, test, refs, rank=40, seed=0)
     rows = out["instances"]
     for b, row in zip(before.tolist(), rows):
-        assert row["rel_l2_before"] == pytest.approx(b, rel=1e-10)  # the two evaluations agree
-        assert row["rel_l2_after"] * 50 <= row["rel_l2_before"], row
-        assert row["residual_after"] < row["residual_before"]
+        assert row["before"].rel_l2 == pytest.approx(b, rel=1e-10)  # the two evaluations agree
+        assert row["after"].rel_l2 * 50 <= row["before"].rel_l2, row
+        assert row["after"].residual < row["before"].residual
     # the caller's network is not modified by refinement
     again = relative_errors(predict_operator(net, problem.sensors(test), problem.test_points()), refs)
     assert torch.equal(before, again)
@@ -87,8 +87,8 @@ def test_space_time_problems_refine_and_reduce_the_residual(factory):
     the error against the reference solver go down."""
     problem, net, test, refs, counts = briefly_pretrained(factory())
     row = refine_instances(problem, net, test, refs, rank=120, counts=counts)["instances"][0]
-    assert row["residual_after"] < 0.5 * row["residual_before"]
-    assert row["rel_l2_after"] < 0.5 * row["rel_l2_before"]
+    assert row["after"].residual < 0.5 * row["before"].residual
+    assert row["after"].rel_l2 < 0.5 * row["before"].rel_l2
 
 
 def test_cli_writes_metrics_and_reuses_checkpoint(tmp_path, capsys):
@@ -133,8 +133,8 @@ def test_antiderivative_reduction_factor_at_size():
     n = 100 if FULL else 8
     test = problem.sample_functions(n, torch.Generator().manual_seed(3))
     rows = refine_instances(problem, net, test, problem.references(test), rank=40)["instances"]
-    before = sum(r["rel_l2_before"] for r in rows) / n
-    after = sum(r["rel_l2_after"] for r in rows) / n
+    before = sum(r["before"].rel_l2 for r in rows) / n
+    after = sum(r["after"].rel_l2 for r in rows) / n
     assert before / after >= 200
 
 
@@ -146,9 +146,9 @@ def test_burgers_gauss_newton_instances_and_cli_stages(tmp_path):
     problem, net, test, refs, counts = briefly_pretrained(DeepONetBurgers(n_test_x=32, n_test_t=11))
     one_shot = refine_instances(problem, net, test, refs, rank=60, counts=counts)["instances"][0]
     row = refine_instances(problem, net, test, refs, rank=60, counts=counts, gauss_newton=3)["instances"][0]
-    assert row["rel_l2_before"] == pytest.approx(one_shot["rel_l2_before"], rel=1e-12)
-    assert row["residual_lsr"] == pytest.approx(one_shot["residual_after"], rel=1e-3)
-    assert row["residual_after"] <= row["residual_lsr"] and row["residual_lsr"] < row["residual_before"]
+    assert row["before"].rel_l2 == pytest.approx(one_shot["before"].rel_l2, rel=1e-12)
+    assert row["lsr"].residual == pytest.approx(one_shot["after"].residual, rel=1e-3)
+    assert row["after"].residual <= row["lsr"].residual < row["before"].residual
     assert 1 <= row["iterations"] <= 3 and row["seconds"] >= row["seconds_lsr"]
 
     out = tmp_path / "burgers"

@@ -105,4 +105,4 @@ def test_neumann_condition_with_normals_as_targets():
     gen = torch.Generator().manual_seed(0)
     model = MLP(2, 1, (20, 20), generator=gen)
     result = lsr(problem, model, points=problem.sample_points(gen))
-    assert result.diagnostics["rel_l2_after"] < 1e-5 < result.diagnostics["rel_l2_before"]
+    assert result.diagnostics["after"].rel_l2 < 1e-5 < result.diagnostics["before"].rel_l2

@@ -70,9 +70,9 @@ def test_lsr_rank_scan_matches_lsr_at_each_rank_and_its_errors():
         assert res.scan.test_errors["rel_l2"][j] == pytest.approx(err, rel=1e-10)
     before = model_errors(problem, model, torch.float64, "cpu")["rel_l2"]
     assert res.scan.test_errors["rel_l2"][0] == pytest.approx(before, rel=1e-12)
-    assert res.diagnostics["rel_l2_after"] == pytest.approx(res.scan.test_errors["rel_l2"][-1], rel=1e-10)
+    assert res.diagnostics["after"].rel_l2 == pytest.approx(res.scan.test_errors["rel_l2"][-1], rel=1e-10)
     # a data term is linear in the predictor: the linearized residual is the residual after
-    assert res.diagnostics["residual_after"] == pytest.approx(res.diagnostics["linearized_residual"], rel=1e-8)
+    assert res.diagnostics["after"].residual == pytest.approx(res.diagnostics["linearized_residual"], rel=1e-8)
 
 
 def test_streamed_scan_equals_dense_scan():
@@ -101,7 +101,7 @@ def test_validation_error_per_rank_is_that_of_the_refined_predictor():
         assert res.scan.validation_error[j] == pytest.approx(expected, rel=1e-9 if r <= 30 else 1e-5), r
     best = min(range(len(res.scan.ranks)), key=lambda j: res.scan.validation_error[j])
     assert res.rank == res.scan.ranks[best] and res.scan.criterion == "validation"
-    assert res.diagnostics["validation_after"] <= res.diagnostics["validation_before"]
+    assert res.diagnostics["after"].validation <= res.diagnostics["before"].validation
 
 
 def test_validation_selection_returns_rank_zero_when_every_refinement_hurts():
@@ -113,7 +113,7 @@ def test_validation_selection_returns_rank_zero_when_every_refinement_hurts():
     assert res.rank == 0 and res.model.z.numel() == 0
     x = val.test_points()
     assert torch.allclose(predict(res.model, x), predict(model, x), rtol=0, atol=1e-14)
-    assert res.diagnostics["rel_l2_after"] == pytest.approx(res.diagnostics["rel_l2_before"], rel=1e-12)
+    assert res.diagnostics["after"].rel_l2 == pytest.approx(res.diagnostics["before"].rel_l2, rel=1e-12)
 
 
 def test_select_rank_rules_and_errors():

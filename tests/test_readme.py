@@ -11,7 +11,7 @@ def test_readme_example_runs(capsys):
     namespace: dict = {}
     exec(compile(example, "README example", "exec"), namespace)
     d = namespace["result"].diagnostics
-    assert d["rel_l2_after"] < d["rel_l2_before"] / 1000
+    assert d["after"].rel_l2 < d["before"].rel_l2 / 1000
     assert "->" in capsys.readouterr().out
 
 

@@ -7,16 +7,17 @@ import math
 import pytest
 
 from pinnlsr import runner
+from pinnlsr.records import Evaluation, StageRecord
 from pinnlsr.settings import parse_counts
 from problems.poisson2d import Poisson2D
 
 
 def test_stage_records_and_the_table():
-    row = runner._stage("lsr", 1.5, {"rel_l2": 1e-9, "max_abs_err": 2e-9, "rel_l2_0": 1e-9}, 3e-7, rank=40)
-    assert row == {"name": "lsr", "rel_l2": 1e-9, "max_abs_err": 2e-9, "residual": 3e-7, "seconds": 1.5,
-                   "rel_l2_0": 1e-9, "rank": 40}
+    row = StageRecord("lsr", 1.5, Evaluation({"rel_l2": 1e-9, "max_abs_err": 2e-9, "rel_l2_0": 1e-9}, 3e-7), {"rank": 40})
+    assert row.to_json() == {"name": "lsr", "rel_l2": 1e-9, "max_abs_err": 2e-9, "residual": 3e-7, "seconds": 1.5,
+                             "rel_l2_0": 1e-9, "rank": 40}
     out = _io.StringIO()
-    runner.print_table([row, runner._stage("adam", 0.25, {}, 1.0)], file=out)
+    runner.print_table([row, StageRecord("adam", 0.25, Evaluation({}, 1.0))], file=out)
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["stage", "rel_l2", "max_err", "residual", "seconds"]
     assert lines[1].split() == ["lsr", "1.000e-09", "2.000e-09", "3.000e-07", "1.50"]

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ..models import LinearizedModel
+from ..records import Evaluation, HistoryEntry, compared
 from ..solvers import DampedLeastSquares, DampingSearch, gain_ratio, no_tf32, solve
 from ..subspace import scaled_directions, sketch_svd
 from .deepxde_problem import (INSTALL_HINT, SUPPORTED_DATA, DeepXDEJacobian, DeepXDEProblem, check_backend,
@@ -168,18 +169,18 @@ def refine(model, *, rank: int | None = None, subspace: str = "svd", oversamplin
     predictor.eval()
     f_after = prob.residual(predictor).detach()
     network = predictor.network_at(1.0)
+    residual_network = _norm(prob.residual(network).detach())
+    terms_before = dict(zip(prob.term_names, prob.term_losses()))
+    terms_after = dict(zip(prob.term_names, prob.term_losses(predictor)))
     diag = {
         "method": "lsr", "subspace": subspace, "rank": r, "n_rows": n, "n_params": m,
         "dtype": str(prob.dtype).replace("torch.", ""), "cond": sol.cond, "rank_used": sol.rank_used,
-        "residual_before": _norm(f0), "linearized_residual": sol.residual_norm, "residual_after": _norm(f_after),
-        "residual_network": _norm(prob.residual(network).detach()),
-        "terms_before": dict(zip(prob.term_names, prob.term_losses())),
-        "terms_after": dict(zip(prob.term_names, prob.term_losses(predictor))),
-        "notes": list(prob.notes),
+        "linearized_residual": sol.residual_norm, "notes": list(prob.notes),
+        # before/after: the network and the linear predictor; network: the network at θ0 + V z
+        **compared(before=Evaluation(_errors_vs(prob, prob.net, reference), _norm(f0), terms=terms_before),
+                   after=Evaluation(_errors_vs(prob, predictor, reference), _norm(f_after), terms=terms_after),
+                   network=Evaluation(_errors_vs(prob, network, reference), residual_network)),
     }
-    for tag, mod in (("before", prob.net), ("after", predictor), ("network", network)):
-        for key, v in _errors_vs(prob, mod, reference).items():
-            diag[f"{key}_{tag}"] = v
     seconds["diagnostics"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_start
     diag["seconds"] = seconds
@@ -213,9 +214,8 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
     net = copy.deepcopy(prob.net)
     theta = prob.theta()
     f = prob.residual_at(theta)
-    diag = {"residual_before": _norm(f), "terms_before": dict(zip(prob.term_names, prob.term_losses()))}
-    for key, v in _errors_vs(prob, prob.net, reference).items():
-        diag[f"{key}_before"] = v
+    residual_before, terms_before = _norm(f), dict(zip(prob.term_names, prob.term_losses()))
+    errors_before = _errors_vs(prob, prob.net, reference)
     X_val = None
     if validation is not None and not (isinstance(validation, int) and validation <= 0):
         if not prob.pointwise:
@@ -227,7 +227,7 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
     score = (lambda th, fv: prob.validation_residual(th, X_val, aux_val)) if X_val is not None else (
         lambda th, fv: _norm(fv))
     best = {"theta": theta.clone(), "score": score(theta, f), "iteration": 0}
-    diag["validation_before"] = best["score"] if X_val is not None else None
+    validation_before = best["score"] if X_val is not None else None
     search = DampingSearch(damping, max_tries=40)
     history, since_best, stop = [], 0, "iterations"
     for it in range(iterations):
@@ -245,19 +245,21 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
         if accepted:
             rho = gain_ratio(_norm(f), trial.norm, trial.linearized)
             theta, f = theta + trial.delta, trial.payload
-        rec = {"iteration": it + 1, "residual": _norm(f), "accepted": accepted, "tries": tries,
-               "damping": (trial.mu if accepted else search.mu) / s_max2, "gain_ratio": rho, "rank_used": step.rank_used,
-               "seconds": time.perf_counter() - t}
+        seconds = time.perf_counter() - t
+        extras = {"accepted": accepted, "tries": tries, "damping": (trial.mu if accepted else search.mu) / s_max2,
+                  "gain_ratio": rho, "rank_used": step.rank_used}
         if accepted:
             val = score(theta, f)
-            rec["validation"] = val if X_val is not None else None
+            extras["validation"] = val if X_val is not None else None
             if val < best["score"]:
                 best, since_best = {"theta": theta.clone(), "score": val, "iteration": it + 1}, 0
             else:
                 since_best += 1
+        errors = {}
         if reference is not None and callback is not None:
             prob.spec.assign(net, theta)
-            rec.update(_errors_vs(prob, net, reference))
+            errors = _errors_vs(prob, net, reference)
+        rec = HistoryEntry(it + 1, seconds, residual=_norm(f), errors=errors, extras=extras)
         history.append(rec)
         if callback is not None:
             callback(rec)
@@ -276,16 +278,17 @@ def gauss_newton(model, *, iterations: int = 50, rcond: float = 1e-12, damping: 
     prob.spec.assign(net, best["theta"])
     for p in net.parameters():
         p.requires_grad_(True)
-    diag.update({
+    residual_after = _norm(prob.residual_at(best["theta"]))
+    terms_after = dict(zip(prob.term_names, prob.term_losses(net)))
+    after = Evaluation(_errors_vs(prob, net, reference), residual_after,
+                       best["score"] if X_val is not None else None, terms_after)
+    diag = {
         "method": "gauss_newton", "iterations": len(history), "best_iteration": best["iteration"],
         "stopped": stop, "validation_points": 0 if X_val is None else int(X_val.shape[0]),
-        "validation_after": best["score"] if X_val is not None else None,
         "n_rows": prob.n_rows, "n_params": theta.numel(), "dtype": str(prob.dtype).replace("torch.", ""),
-        "residual_after": _norm(prob.residual_at(best["theta"])),
-        "terms_after": dict(zip(prob.term_names, prob.term_losses(net))), "notes": list(prob.notes),
-    })
-    for key, v in _errors_vs(prob, net, reference).items():
-        diag[f"{key}_after"] = v
+        "notes": list(prob.notes),
+        **compared(before=Evaluation(errors_before, residual_before, validation_before, terms_before), after=after),
+    }
     diag["seconds"] = {"total": time.perf_counter() - t_start}
     return DeepXDERefinement(net, net, prob, "gauss_newton", diag, history)
 
