@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from pinnlsr import operators as op
 from pinnlsr.geometry import Interval, TimeDomain

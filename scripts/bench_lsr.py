@@ -30,7 +30,7 @@ import threading
 import time
 
 import torch
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 from pinnlsr.lsr import lsr_step
 from pinnlsr import operators as op

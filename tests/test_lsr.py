@@ -1,14 +1,12 @@
 import json
-import math
 
 import pytest
 import torch
 from torch import nn
 
-from pinnlsr import jacobian as jac
 from pinnlsr.lsr import lsr
 from pinnlsr.models import MLP, LinearizedModel, ParamSpec
-from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.problem import Term
 from pinnlsr.records import Evaluation
 from pinnlsr.residual import residual_rows
 from pinnlsr.runner import main

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from pinnlsr import jacobian as jac
 from pinnlsr.lsr import lsr
 from pinnlsr.metrics import model_errors, predict
 from pinnlsr.models import LinearizedModel, ParamSpec

@@ -1,5 +1,4 @@
 """Reference solvers of the operator problems: exact cases and convergence under refinement."""
-import math
 
 import numpy as np
 import pytest

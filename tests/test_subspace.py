@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from pinnlsr import jacobian as jac
 from pinnlsr.models import ParamSpec
 from pinnlsr.residual import output_rows
 from pinnlsr.subspace import full_basis, randomized_basis, svd_basis
