@@ -1,0 +1,261 @@
+"""Batched per-instance refinement of PI-DeepONets: the stacked rows, products and dense algebra
+against dense per-instance oracles, and the whole refinement against the one-instance loop."""
+import pytest
+import torch
+
+from pinnlsr import jacobian as jac
+from pinnlsr.deeponet import InstanceModel
+from pinnlsr.gauss_newton import ValidationStop
+from pinnlsr.instance_batch import BatchOperator, InstanceBatch
+from pinnlsr.models import LinearizedModel, ShiftedNetwork
+from pinnlsr.operator_batched import BlockRefiner, Config, instances_per_block
+from pinnlsr.operator_learning import refine_instances, train_pideeponet
+from pinnlsr.residual import residual_rows
+from pinnlsr.solvers import DampedLeastSquares, LevenbergMarquardtDamping, gain_ratio
+from pinnlsr.subspace import scaled_directions, sketch_svd
+from problems.deeponet_antiderivative import DeepONetAntiderivative
+from problems.deeponet_burgers import DeepONetBurgers
+
+COUNTS = {"pde": 150, "ic": 20, "bc": 20}
+
+
+def tiny(problem, steps=20, widths=(12, 12), latent=10):
+    """(problem, a DeepONet after a few Adam steps, 4 test functions, their references)."""
+    net = problem.default_deeponet(torch.Generator().manual_seed(0), widths=widths, latent=latent)
+    train = problem.sample_functions(20, torch.Generator().manual_seed(1))
+    train_pideeponet(problem, net, train, steps, batch_size=4, lr=2e-3, generator=torch.Generator().manual_seed(2),
+                     printer=None)
+    test = problem.sample_functions(4, torch.Generator().manual_seed(3))
+    return problem, net, test, problem.references(test)
+
+
+@pytest.fixture(scope="module")
+def burgers():
+    return tiny(DeepONetBurgers(n_test_x=16, n_test_t=6))
+
+
+def assert_same_records(loop, batched, tol=1e-9):
+    assert len(loop) == len(batched)
+    for a, b in zip(loop, batched):
+        assert set(a) == set(b)
+        for key, value in a.items():
+            if key.startswith("seconds") or key == "peak_memory_gb":
+                continue
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, rel=tol, abs=1e-300), key
+            else:
+                assert b[key] == value, key
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacked rows and products against dense per-instance Jacobians
+# ---------------------------------------------------------------------------------------------
+def test_stacked_rows_values_and_shifted_rows_match_each_instance(burgers):
+    """Rows (B, n, m) of three Burgers instances (periodic term: u at shifted points) in small
+    chunks equal vmap(jacrev) rows of each instance's own residual; with a step δ_i, the rows
+    and values of its shifted network and the values and outputs of its predictor."""
+    problem, net, test, _ = burgers
+    counts = {"pde": 5, "ic": 3, "bc": 4}
+    refiner = BlockRefiner(problem, net, test, problem.sensors(test), None, 6, 0, counts, Config())
+    index = [0, 2, 3]
+    instances = [refiner.instance(i) for i in index]
+    blocks = refiner.blocks(instances)
+    batch = InstanceBatch(refiner.model, refiner.sensors[index], refiner.theta)
+    theta, m = refiner.theta, refiner.m
+    delta = 1e-2 * torch.randn(len(index), m, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    budget = 3 * len(index) * 2 * (2 * m + 1) * 8  # a few points per chunk
+    dense = {}
+    for shifted in (False, True):
+        op = BatchOperator(batch, blocks, budget, delta if shifted else None)
+        assert len(list(op.chunks())) > len(blocks)
+        dense[shifted] = (torch.cat([g for _, g, _ in op.chunks()], 1), torch.cat([f for _, _, f in op.chunks()], 1))
+    x = problem.test_points()
+    for j, (i, inst) in enumerate(zip(index, instances)):
+        model = InstanceModel(refiner.model.deeponet, refiner.sensors[i])
+        points = {t.name: t.points for t in inst.terms()}
+        rows = residual_rows(inst, model, points)
+        assert torch.allclose(dense[False][0][j], jac.jacobian(rows, theta), rtol=1e-12, atol=1e-12)
+        assert torch.allclose(dense[False][1][j], rows.values(theta), rtol=1e-12, atol=1e-13)
+        predictor = LinearizedModel(model, torch.eye(m, dtype=torch.float64), delta[j])
+        shifted = ShiftedNetwork(predictor)
+        rows_s = residual_rows(inst, shifted, points)
+        assert torch.allclose(dense[True][0][j], jac.jacobian(rows_s, theta), rtol=1e-12, atol=1e-12)
+        assert torch.allclose(dense[True][1][j], rows_s.values(theta), rtol=1e-12, atol=1e-13)
+        assert torch.allclose(batch.outputs(x, delta)[j], predictor(x), rtol=1e-12, atol=1e-13)
+    assert torch.allclose(BatchOperator(batch, blocks, budget, delta).values(), dense[True][1], rtol=1e-12, atol=1e-13)
+    # the products are the dense ones
+    op = BatchOperator(batch, blocks, budget)
+    v = torch.randn(len(index), m, 3, dtype=torch.float64)
+    w = torch.randn(len(index), op.shape[0], 2, dtype=torch.float64)
+    assert torch.allclose(op.matmul(v), dense[False][0] @ v, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(op.rmatmul(w), dense[False][0].mT @ w, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacked dense algebra against one system at a time
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [40, 12])  # tall (through the R factor) and not
+def test_stacked_damped_least_squares_match_each_system(n):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, n, 8, generator=gen, dtype=torch.float64)
+    a[1, :, 5] = 0.0  # a rank-deficient system: its own count of singular values
+    b = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    mu = torch.tensor([0.0, 1e-3, 0.5], dtype=torch.float64)
+    stack = DampedLeastSquares(a, b, rcond=1e-10)
+    z = stack.solve(mu)
+    for i in range(3):
+        one = DampedLeastSquares(a[i], b[i], rcond=1e-10)
+        assert int(stack.rank_used[i]) == one.rank_used
+        assert float(stack.sigma_max[i]) == pytest.approx(one.sigma_max, rel=1e-13)
+        assert float(stack.cond[i]) == pytest.approx(one.cond, rel=1e-12)
+        assert torch.allclose(z[i], one.solve(float(mu[i])), rtol=1e-11, atol=1e-12)
+        assert float(stack.residual_norm(z)[i]) == pytest.approx(one.residual_norm(z[i]), rel=1e-12)
+    assert int(stack.rank_used[1]) == 7 and int(stack.rank_used[0]) == 8
+    # from the R factors of [A | b]: the same steps
+    r_aug = torch.linalg.qr(torch.cat([a, b.unsqueeze(-1)], -1), mode="r")[1][:, :9]
+    if n >= 9:
+        factor = DampedLeastSquares.from_factor(r_aug, n, rcond=1e-10)
+        assert torch.allclose(factor.solve(mu), z, rtol=1e-10, atol=1e-11)
+        assert torch.allclose(factor.residual_norm(z), stack.residual_norm(z), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"b must have shape \(3, "):
+        DampedLeastSquares(a, b[:, :-1])
+
+
+def test_masked_damping_rule_and_validation_stop_follow_the_scalar_ones():
+    """Each system of a stack goes through its own accept/reject sequence: the masked updates
+    give every system the μ of the scalar rule, and the masked validation record its best."""
+    events = [[True, False, True, True], [False, False, True, False], [True, True, False, True]]
+    rhos = [0.9, 0.2, 0.6]
+    sigma = torch.tensor([2.0, 0.0, 5.0], dtype=torch.float64)
+    stack = LevenbergMarquardtDamping.relative(1e-6, sigma)
+    scalars = [LevenbergMarquardtDamping.relative(1e-6, float(s)) for s in sigma]
+    for step in range(4):
+        ok = torch.tensor([e[step] for e in events])
+        stack.accepted(torch.tensor(rhos, dtype=torch.float64), where=ok)
+        stack.rejected(where=~ok)
+        for rule, e, rho in zip(scalars, events, rhos):
+            rule.accepted(rho) if e[step] else rule.rejected()
+        assert stack.mu.tolist() == pytest.approx([r.mu for r in scalars], rel=1e-15)
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    assert gain_ratio(t(2.0, 2.0), t(1.0, 1.0), t(2.0, 0.5)).tolist() == [gain_ratio(2.0, 1.0, 2.0), gain_ratio(2.0, 1.0, 0.5)]
+    # validation: run 0 improves then stalls (patience 2), run 1 converges, run 2 is not updated
+    z = torch.zeros(3, 2, dtype=torch.float64)
+    best = ValidationStop(z, torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), patience=2, tol=1e-3)
+    where = torch.tensor([True, True, False])
+    out = best.update_masked(1, z + 1, torch.tensor([0.5, 0.7, 0.1]), torch.ones(3), torch.tensor([0.1, 1e-6, 0.1]), where)
+    assert [m.tolist() for m in out] == [[False, True, False], [False, False, False]]
+    out = best.update_masked(2, z + 2, torch.tensor([0.6, 0.7, 0.1]), torch.ones(3), torch.full((3,), 0.1), where)
+    out = best.update_masked(3, z + 3, torch.tensor([0.6, 0.7, 0.1]), torch.ones(3), torch.full((3,), 0.1), where)
+    assert out[1].tolist() == [True, True, False] and best.iteration.tolist() == [1, 1, 0]
+    assert best.z[:, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+class DenseStack:
+    """Stacked dense Jacobians G (B, n, m) as a sketch operator."""
+
+    def __init__(self, g):
+        self.g, self.theta, self.shape = g, g[0, 0], tuple(g.shape[1:])
+
+    def matmul(self, v):
+        return self.g @ v
+
+    def rmatmul(self, w):
+        return self.g.mT @ w
+
+
+class Dense:
+    def __init__(self, g):
+        self.g, self.theta, self.shape = g, g[0], tuple(g.shape)
+
+    def matmul(self, v):
+        return self.g @ v
+
+    def rmatmul(self, w):
+        return self.g.T @ w
+
+
+@pytest.mark.parametrize("power_iterations", [0, 1])
+def test_stacked_sketch_and_scaled_directions_match_each_instance(power_iterations):
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(3, 30, 20, generator=gen, dtype=torch.float64)
+    omega = torch.randn(3, 30, 9, generator=gen, dtype=torch.float64)
+    w, s, _ = sketch_svd(DenseStack(g), 6, 3, power_iterations, omega=omega)
+    v, r = scaled_directions(w, s, 6, True, 0.0)
+    for i in range(3):
+        wi, si, _ = sketch_svd(Dense(g[i]), 6, 3, power_iterations, omega=omega[i])
+        vi, ri = scaled_directions(wi, si, 6, True, 0.0)
+        assert torch.allclose(s[i], si, rtol=1e-12) and int(r[i]) == ri == 6
+        assert torch.allclose(v[i] @ v[i].T, vi @ vi.T, rtol=1e-9, atol=1e-12)  # the same scaled subspace
+    # a system with fewer directions than the rank keeps its own count; the rest are zero columns
+    s2 = s.clone()
+    s2[2, 4:] = 0.0
+    v2, r2 = scaled_directions(w, s2, 6, True, 0.0)
+    assert r2.tolist() == [6, 6, 4] and bool((v2[2, :, 4:] == 0).all()) and torch.equal(v2[:2], v[:2])
+
+
+def test_block_size_follows_the_memory_budget():
+    args = dict(n_rows=1150, n_out=1050, m=20000, width=410, q_max=2, itemsize=8)
+    assert instances_per_block(100, budget=2**50, **args) == 100
+    assert instances_per_block(100, budget=2**20, **args) == 1
+    per = instances_per_block(100, budget=2 * 2**30, **args)
+    assert 1 < per < 100 and instances_per_block(100, budget=4 * 2**30, **args) >= 2 * per - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole refinement: the batched path gives the loop's records
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gauss_newton", [0, 5])
+def test_batched_burgers_refinement_matches_the_loop(burgers, gauss_newton):
+    """Burgers (nonlinear, periodic) with LSR and with Gauss–Newton (validation stops and best
+    iterates that differ between instances), in blocks of 3 and 1: every record equals the
+    loop's to 1e-9, and the kept predictors predict alike."""
+    problem, net, test, refs = burgers
+    kw = dict(rank=10, seed=0, counts=COUNTS, gauss_newton=gauss_newton, keep_models=2)
+    loop = refine_instances(problem, net, test, refs, mode="loop", **kw)
+    batched = refine_instances(problem, net, test, refs, block_size=3, **kw)
+    assert (loop["path"], batched["path"], batched["block_size"]) == ("loop", "batched", 3)
+    assert_same_records(loop["instances"], batched["instances"])
+    if gauss_newton:
+        rows = loop["instances"]
+        assert len({r["best_iteration"] for r in rows}) > 1 and len({r["stop_reason"] for r in rows}) > 1
+        assert max(r["best_iteration"] for r in rows) > 1
+    x = problem.test_points()
+    for a, b in zip(loop["models"], batched["models"]):
+        assert torch.allclose(a(x), b(x), rtol=1e-9, atol=1e-12)
+
+
+def test_batched_antiderivative_refinement_matches_the_loop():
+    """A linear problem solved to a 1e-5 error: its rel_l2_after moves by up to 3e-7 between the
+    loop's own two Jacobian backends (jets and vmap(jacrev)), so the batched path is held to 1e-6."""
+    problem, net, test, refs = tiny(DeepONetAntiderivative(n_test_points=50), steps=10)
+    loop = refine_instances(problem, net, test, refs, rank=12, seed=3, mode="loop")["instances"]
+    batched = refine_instances(problem, net, test, refs, rank=12, seed=3, block_size=4)["instances"]
+    assert_same_records(loop, batched, tol=1e-6)
+    assert all(row["rel_l2_after"] < 1e-3 * row["rel_l2_before"] for row in batched)
+
+
+def test_float32_and_budget_sized_blocks(burgers):
+    problem, net, test, refs = burgers
+    kw = dict(rank=10, counts=COUNTS, dtype=torch.float32)
+    loop = refine_instances(problem, net, test, refs, mode="loop", **kw)["instances"]
+    out = refine_instances(problem, net, test, refs, memory_budget=4 * 2**20, **kw)
+    assert out["path"] == "batched" and 1 <= out["block_size"] < 4
+    for a, b in zip(loop, out["instances"]):
+        assert b["residual_after"] == pytest.approx(a["residual_after"], rel=1e-3)
+        assert b["rel_l2_after"] == pytest.approx(a["rel_l2_after"], rel=1e-3)
+
+
+def test_settings_the_batched_path_does_not_cover_run_the_loop(burgers):
+    problem, _, test, refs = burgers
+    gelu = problem.default_deeponet(torch.Generator().manual_seed(0), widths=(8, 8), latent=6)
+    gelu.trunk.net[1] = torch.nn.GELU()
+    gelu.trunk.net[3] = torch.nn.GELU()
+    counts = {"pde": 30, "ic": 10, "bc": 10}
+    out = refine_instances(problem, gelu, test[:2], refs[:2], rank=5, counts=counts)
+    assert out["path"] == "loop" and "generic" in out["path_reason"]
+    out = refine_instances(problem, gelu, test[:1], None, rank=5, counts=counts, solver="qr")
+    assert out["path"] == "loop" and "solver='qr'" in out["path_reason"]
+    with pytest.raises(ValueError, match="mode must be"):
+        refine_instances(problem, gelu, test[:1], None, rank=5, mode="vmap")
+    with pytest.raises(ValueError, match="block_size"):
+        refine_instances(problem, gelu, test[:1], None, rank=5, block_size=0)
