@@ -259,3 +259,29 @@ def test_settings_the_batched_path_does_not_cover_run_the_loop(burgers):
         refine_instances(problem, gelu, test[:1], None, rank=5, mode="vmap")
     with pytest.raises(ValueError, match="block_size"):
         refine_instances(problem, gelu, test[:1], None, rank=5, block_size=0)
+
+
+def test_benchmark_compares_the_two_paths(tmp_path):
+    """scripts/benchmark_deeponet.py --compare-refinement on a tiny network: both paths run on the
+    same instances, the records agree and refinement.json has the times and their ratio."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pinnlsr.settings import OperatorSettings
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_deeponet.py"
+    spec = importlib.util.spec_from_file_location("benchmark_deeponet", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.build_parser().parse_args(["--compare-refinement", "--n-test", "2", "--loop-instances", "1",
+                                            "--adam-steps", "3", "--rank", "8", "--out", str(tmp_path)])
+    settings = OperatorSettings(widths=(8, 8), latent=6, n_train=10, batch_size=2, gn_iters=2)
+    out = bench.compare_refinement(args, settings, {"pde": 40, "ic": 10, "bc": 10}, DeepONetBurgers(8, 4))
+    written = json.loads((tmp_path / "refinement.json").read_text())
+    assert written["loop"]["instances"] == 1 and written["batched"]["instances"] == 2
+    assert (written["loop"]["path"], written["batched"]["path"]) == ("loop", "batched")
+    assert written["speedup_per_instance"] == pytest.approx(
+        written["loop"]["seconds_per_instance"] / written["batched"]["seconds_per_instance"])
+    assert max(out["max_relative_difference"].values()) < 1e-9 and "first 1 of the 2" in written["note"]
+    assert (tmp_path / "burgers" / "model.pt").is_file()
