@@ -3,9 +3,12 @@
 For B input functions v_i the instance models u_i(x) = Σ_p b_p(θ; v_i) t_p(θ; x) + bias
 (:class:`pinnlsr.deeponet.InstanceModel`) share every parameter θ; only the branch features b_i
 differ. So the Jacobian rows of all B instances come from one trunk pass over their stacked points,
-each point's cotangent multiplied by its own instance's branch features, with the branch columns
-from one batched product with the branch Jacobians at the B sensor sets: the rows of
-:class:`pinnlsr.jet_models.InstanceJets`, for B instances in one pass. The jets of the refined
+each point's cotangent multiplied by its own instance's branch features: the rows of
+:class:`pinnlsr.jet_models.InstanceJets`, for B instances in one pass. The branch columns are never
+formed: they are c (n, p·k) · J_b (p·k, m_b), the residual's coefficients on the p·k branch features
+times the branch Jacobian at the instance's sensors, so G·V = G_rest·V_rest + c·(J_b·V_b) and
+Gᵀ·W = [J_bᵀ·(cᵀ·W); G_restᵀ·W], which spares the m_b of the m columns (about 60% for equal branch
+and trunk widths) in the rows and in the products. The jets of the refined
 predictors u_i + J_i δ_i (one parameter step δ_i per instance) come from ``vmap`` over instances of
 ``jvp`` of :meth:`InstanceJets.forward`, the function the one-instance predictor differentiates.
 
@@ -24,13 +27,24 @@ from torch.func import functional_call, jacrev, jvp, vmap
 from . import jacobian as jac
 from .jet_models import InstanceJets
 from .jet_plans import JetPlan, block_anchors, residual_of_jet
-from .jets import Channels
+from .jets import Channels, JetNetwork
 from .models import ParamSpec
 from .solvers import no_tf32
 
 # Bytes per point and instance of a row chunk, in units of q·m numbers (as pinnlsr.engine): the rows
 # and the per-layer outer products before they are copied into the rows.
 _ROW_OVERHEAD = 2
+
+
+@dataclass
+class RowChunk:
+    """Scaled Jacobian rows of B instances at c·q rows each: the trunk and bias columns ``rest``
+    (B, c·q, m - m_b), and the branch columns as ``coef`` (B, c·q, p·k) times the branch Jacobian
+    (:attr:`InstanceBatch.branch_jacobian`); ``values`` (B, c·q) the scaled residual values."""
+
+    rest: torch.Tensor
+    coef: torch.Tensor
+    values: torch.Tensor
 
 
 @dataclass
@@ -69,7 +83,18 @@ class InstanceBatch:
             raise ValueError("the DeepONet's trunk has no jets (an MLP with tanh or sin activations is needed)")
         self.template, self.trunk, self.m = template, template.trunk, spec.numel
         self.sensors, self.theta = sensors, theta.detach()
-        branch_theta = self.theta[template.branch_slice]
+        self.branch_slice = template.branch_slice
+        branch_theta = self.theta[self.branch_slice]
+        # the trunk and the bias placed in the rest of θ (θ without the branch): their rows are the
+        # explicit columns
+        start, m_b = self.branch_slice.start, self.branch_slice.stop - self.branch_slice.start
+
+        def rest(sl: slice) -> slice:
+            return sl if sl.stop <= start else slice(sl.start - m_b, sl.stop - m_b)
+
+        self.rest_trunk = JetNetwork([(rest(w), rest(b), o, i) for w, b, o, i in self.trunk.layers],
+                                     self.trunk.activation, self.trunk.shift, self.trunk.scale, self.trunk.feature_map)
+        self.rest_bias, self.rest_theta = rest(template.bias_slice), self.split(self.theta.unsqueeze(0))[1][0]
 
         def branch_features(th: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
             params = template.branch_spec.unflatten(th)
@@ -79,6 +104,17 @@ class InstanceBatch:
             self.features = vmap(branch_features, in_dims=(None, 0))(branch_theta, sensors).reshape(
                 self.size, template.latent, template.k)  # (B, p, k)
             self.branch_jacobian = vmap(jacrev(branch_features), in_dims=(None, 0))(branch_theta, sensors)  # (B, p·k, m_b)
+
+    def split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(branch rows (B, m_b, ·), the other rows (B, m - m_b, ·)) of a stack v (B, m, ·)."""
+        a, b = self.branch_slice.start, self.branch_slice.stop
+        rest = v[:, b:] if a == 0 else v[:, :a] if b == v.shape[1] else torch.cat([v[:, :a], v[:, b:]], 1)
+        return v[:, a:b], rest
+
+    def join(self, branch: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`split`: (B, m, ·)."""
+        a = self.branch_slice.start
+        return torch.cat([rest[:, :a], branch, rest[:, a:]], 1)
 
     @property
     def size(self) -> int:
@@ -139,9 +175,9 @@ class InstanceBatch:
             full, pts.reshape(b * c, d), data.reshape(b * c, -1))
         return block.scale * r.reshape(b, -1)
 
-    def rows(self, block: BatchBlock, start: int, stop: int, delta: torch.Tensor | None = None):
-        """(scaled Jacobian rows (B, c·q, m) at θ, scaled residual values (B, c·q)) of the
-        block's points start:stop, each instance's rows point-major as in :mod:`pinnlsr.engine`.
+    def rows(self, block: BatchBlock, start: int, stop: int, delta: torch.Tensor | None = None) -> RowChunk:
+        """The scaled Jacobian rows at θ and scaled residual values of the block's points
+        start:stop (c of them), each instance's rows point-major as in :mod:`pinnlsr.engine`.
 
         With ``delta`` (B, m), those of the shifted network of the Gauss–Newton step
         (:class:`pinnlsr.models.ShiftedNetwork`): the residual's coefficients ∂r/∂jet and values
@@ -149,13 +185,13 @@ class InstanceBatch:
         t_jets, plan, ch = self.template, block.plan, block.plan.channels
         pts, data = block.points[:, start:stop], block.data[:, start:stop]
         b, c, d = pts.shape
-        n_k, p, k, theta = plan.n_anchors, t_jets.latent, t_jets.k, self.theta
+        n_k, p, k, theta = plan.n_anchors, t_jets.latent, t_jets.k, self.rest_theta
         anchors = block_anchors(plan, pts.reshape(b * c, d))  # (B·c·K, d), instance-major
         with torch.no_grad():
-            t, state = self.trunk.forward(theta, anchors, ch, keep=True)  # (p·k, C, B·c·K)
+            t, state = self.rest_trunk.forward(theta, anchors, ch, keep=True)  # (p·k, C, B·c·K)
             t = t.reshape(p, k, ch.size, b, c * n_k)
             out = torch.einsum("pkcbi,bpk->kcbi", t, self.features)
-            out[:, 0] += theta[t_jets.bias_slice].view(-1, 1, 1)
+            out[:, 0] += theta[self.rest_bias].view(-1, 1, 1)
             if delta is not None:
                 out = out + self.jets(anchors.reshape(b, -1, d), ch, delta)[1].permute(1, 2, 0, 3)
             full = _full_jets(out, plan, b * c, d)
@@ -171,14 +207,18 @@ class InstanceBatch:
             cot = coef[:, :, :, ch.full_index()].permute(1, 4, 3, 0, 2).reshape(q, k, ch.size, b, c * n_k)
             branch = self.features.permute(1, 2, 0)[None, :, :, None, :, None]  # (1, p, k, 1, B, 1)
             cot_t = (cot.unsqueeze(1) * branch).reshape(q, p * k, ch.size, -1)
-            rows = self.trunk.point_rows(theta, state, cot_t, ch, n_k, self.m)  # (q, B·c, m)
+            rows = self.rest_trunk.point_rows(theta, state, cot_t, ch, n_k, theta.shape[0])  # (q, B·c, m - m_b)
             cot = cot.reshape(q, k, ch.size, -1)
-            rows[:, :, t_jets.bias_slice] = cot[:, :, 0].reshape(q, k, b * c, n_k).sum(-1).transpose(1, 2)
+            rows[:, :, self.rest_bias] = cot[:, :, 0].reshape(q, k, b * c, n_k).sum(-1).transpose(1, 2)
             gb = torch.einsum("qkci,pkci->qipk", cot, t.reshape(p, k, ch.size, -1))
             gb = gb.reshape(q, b, c, n_k, p * k).sum(3)  # (q, B, c, p·k)
-            rows[:, :, t_jets.branch_slice] = (gb @ self.branch_jacobian).reshape(q, b * c, -1)
-            rows = rows.transpose(0, 1).reshape(b, c * q, self.m).mul_(block.scale)
-        return rows, block.scale * vals.reshape(b, c * q)
+            return RowChunk(rows.transpose(0, 1).reshape(b, c * q, -1).mul_(block.scale),
+                            gb.permute(1, 2, 0, 3).reshape(b, c * q, p * k).mul_(block.scale),
+                            block.scale * vals.reshape(b, c * q))
+
+    def dense(self, chunk: RowChunk) -> torch.Tensor:
+        """The whole rows (B, c·q, m) of a chunk (for checks; the products never form them)."""
+        return self.join((chunk.coef @ self.branch_jacobian).mT, chunk.rest.mT).mT
 
 
 def _full_jets(out: torch.Tensor, plan: JetPlan, n_points: int, d: int) -> torch.Tensor:
@@ -212,15 +252,15 @@ class BatchOperator:
         return sum(b.n_rows for b in self.blocks), self.batch.m
 
     def chunks(self, extra_columns: int = 0):
-        """Yield (row slice, rows (B, c·q, m), values (B, c·q)) covering every row in order."""
-        start, size = 0, self.batch.size
+        """Yield (row slice, :class:`RowChunk`) covering every row in order."""
+        start, size, m_rest = 0, self.batch.size, self.batch.rest_theta.shape[0]
         for block in self.blocks:
-            per_point = size * block.q * (_ROW_OVERHEAD * self.batch.m + extra_columns) * self.theta.element_size()
+            per_point = size * block.q * (_ROW_OVERHEAD * m_rest + extra_columns) * self.theta.element_size()
             chunk = max(1, self.memory_budget // per_point)
             n = block.points.shape[1]
             for i in range(0, n, chunk):
-                rows, vals = self.batch.rows(block, i, min(n, i + chunk), self.delta)
-                yield slice(start + i * block.q, start + i * block.q + rows.shape[1]), rows, vals
+                rows = self.batch.rows(block, i, min(n, i + chunk), self.delta)
+                yield slice(start + i * block.q, start + i * block.q + rows.values.shape[1]), rows
             start += block.n_rows
 
     def matmul_and_values(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,9 +269,11 @@ class BatchOperator:
         out = v.new_empty(self.batch.size, n, v.shape[-1])
         values = v.new_empty(self.batch.size, n)
         with no_tf32():
-            for sl, rows, vals in self.chunks(v.shape[-1]):
-                torch.matmul(rows, v, out=out[:, sl])
-                values[:, sl] = vals
+            v_branch, v_rest = self.batch.split(v)
+            jv = self.batch.branch_jacobian @ v_branch  # (B, p·k, l)
+            for sl, rows in self.chunks(v.shape[-1]):
+                out[:, sl] = torch.baddbmm(rows.coef @ jv, rows.rest, v_rest)
+                values[:, sl] = rows.values
         return out, values
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
@@ -240,11 +282,14 @@ class BatchOperator:
 
     def rmatmul(self, w: torch.Tensor) -> torch.Tensor:
         """G_iᵀ w_i for w (B, n, l): (B, m, l)."""
-        out = w.new_zeros(self.batch.size, self.batch.m, w.shape[-1])
+        b, l = self.batch.size, w.shape[-1]
+        rest = w.new_zeros(b, self.batch.rest_theta.shape[0], l)
+        coef_w = w.new_zeros(b, self.batch.branch_jacobian.shape[1], l)
         with no_tf32():
-            for sl, rows, _ in self.chunks(w.shape[-1]):
-                out.baddbmm_(rows.mT, w[:, sl])
-        return out
+            for sl, rows in self.chunks(l):
+                rest.baddbmm_(rows.rest.mT, w[:, sl])
+                coef_w.baddbmm_(rows.coef.mT, w[:, sl])
+            return self.batch.join(self.batch.branch_jacobian.mT @ coef_w, rest)
 
     def values(self) -> torch.Tensor:
         """The stacked scaled residual values f_i (B, n) of the predictors u_i + J_i δ_i."""
@@ -256,4 +301,4 @@ class BatchOperator:
         return torch.cat(parts, 1)
 
 
-__all__ = ["BatchBlock", "InstanceBatch", "BatchOperator"]
+__all__ = ["RowChunk", "BatchBlock", "InstanceBatch", "BatchOperator"]

@@ -346,8 +346,9 @@ def refine_batched(problem, net, functions, references, rank: int, seed: int = 0
     rows, models = [], []
     for start in range(0, n, size):
         index = list(range(start, min(n, start + size)))
-        block_rows, V, z, ranks = (refiner.gauss_newton(index, gauss_newton) if gauss_newton > 0
-                                   else refiner.lsr(index))
+        with no_tf32():
+            block_rows, V, z, ranks = (refiner.gauss_newton(index, gauss_newton) if gauss_newton > 0
+                                       else refiner.lsr(index))
         keep = [j for j, i in enumerate(index) if i < keep_models]
         if keep:
             models += refiner.models([index[j] for j in keep], V[keep], z[keep], [ranks[j] for j in keep])

@@ -63,12 +63,13 @@ def test_stacked_rows_values_and_shifted_rows_match_each_instance(burgers):
     batch = InstanceBatch(refiner.model, refiner.sensors[index], refiner.theta)
     theta, m = refiner.theta, refiner.m
     delta = 1e-2 * torch.randn(len(index), m, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    budget = 3 * len(index) * 2 * (2 * m + 1) * 8  # a few points per chunk
+    budget = 3 * len(index) * 2 * (2 * batch.rest_theta.shape[0] + 1) * 8  # a few points per chunk
     dense = {}
     for shifted in (False, True):
         op = BatchOperator(batch, blocks, budget, delta if shifted else None)
         assert len(list(op.chunks())) > len(blocks)
-        dense[shifted] = (torch.cat([g for _, g, _ in op.chunks()], 1), torch.cat([f for _, _, f in op.chunks()], 1))
+        chunks = [rows for _, rows in op.chunks()]
+        dense[shifted] = (torch.cat([batch.dense(c) for c in chunks], 1), torch.cat([c.values for c in chunks], 1))
     x = problem.test_points()
     for j, (i, inst) in enumerate(zip(index, instances)):
         model = InstanceModel(refiner.model.deeponet, refiner.sensors[i])
@@ -284,4 +285,6 @@ def test_benchmark_compares_the_two_paths(tmp_path):
     assert written["speedup_per_instance"] == pytest.approx(
         written["loop"]["seconds_per_instance"] / written["batched"]["seconds_per_instance"])
     assert max(out["max_relative_difference"].values()) < 1e-9 and "first 1 of the 2" in written["note"]
+    means = written["on_the_loop_instances"]["rel_l2_after_mean"]
+    assert means["batched"] == pytest.approx(means["loop"], rel=1e-9)
     assert (tmp_path / "burgers" / "model.pt").is_file()
