@@ -42,7 +42,8 @@ LSR_OPTIONS = {"subspace", "oversampling", "power_iterations", "scale_basis", "s
 GN_OPTIONS = {"subspace", "oversampling", "power_iterations", "scale_basis", "rcond", "dtype", "device",
               "jacobian_mode", "memory_budget", "damping", "max_tries", "patience", "tol", "jacobian"}
 SUPPORTED = {"subspace": "randomized", "solver": "svd", "jacobian_mode": "auto", "jacobian": "shifted"}
-STOP_REASONS = ("max_iters", "no_decrease", "converged", "validation")
+STOP_REASONS = ("max_iters", "no_decrease", "converged", "validation")  # a block's stop codes index these
+NO_DECREASE, CONVERGED, VALIDATION = 1, 2, 3
 _MIN_CHUNK_POINTS = 32  # points per instance in a row chunk that a block must leave room for
 
 
@@ -106,7 +107,8 @@ def describe_instance(index: int, row: dict) -> str:
 class BlockRefiner:
     """What every block shares: the network copy at θ0 in the refinement's dtype and device, the
     jet plan and row scale of each term (checked once, on the first instance), the rank and the
-    sketch width."""
+    sketch width; :meth:`lsr` and :meth:`gauss_newton` refine one block (call them with TF32 off,
+    as :func:`refine_batched` does)."""
 
     def __init__(self, problem, net, functions, sensors: torch.Tensor, references, rank: int, seed: int,
                  counts, cfg: Config):
@@ -195,18 +197,16 @@ class BlockRefiner:
         t0 = _clock(self.device)
         batch = InstanceBatch(self.model, self.sensors[index], self.theta)
         blocks = self.blocks([self.instance(i) for i in index])
-        with no_tf32():
-            V, ranks = self.basis(batch, blocks, index)
+        V, ranks = self.basis(batch, blocks, index)
         return t0, batch, blocks, V, ranks
 
     def lsr(self, index: list[int]) -> tuple[list[dict], torch.Tensor, torch.Tensor, list[int]]:
         """One-shot LSR of a block: (instance records as the loop writes them, V, z, ranks)."""
         t0, batch, blocks, V, ranks = self.setup(index)
-        with no_tf32():
-            a, f0 = BatchOperator(batch, blocks, self.budget).matmul_and_values(V)
-            step = DampedLeastSquares(a, -f0, self.cfg.rcond)
-            z = step.solve(self.cfg.tikhonov ** 2)
-            linearized = step.residual_norm(z)
+        a, f0 = BatchOperator(batch, blocks, self.budget).matmul_and_values(V)
+        step = DampedLeastSquares(a, -f0, self.cfg.rcond)
+        z = step.solve(self.cfg.tikhonov ** 2)
+        linearized = step.residual_norm(z)
         delta = _step(V, z)
         seconds = (_clock(self.device) - t0) / len(index)
         after = BatchOperator(batch, blocks, self.budget, delta).values().norm(dim=-1)
@@ -222,7 +222,7 @@ class BlockRefiner:
         peak = _peak_memory_gb(self.device)
         for row in rows:
             row.update(peak_memory_gb=peak, seconds=seconds)
-        return rows, V, z, rows_rank(rows)
+        return rows, V, z, _ranks(rows)
 
     def gauss_newton(self, index: list[int], iterations: int) -> tuple[list[dict], torch.Tensor, torch.Tensor, list[int]]:
         """Tangent Gauss–Newton of a block, each instance judged on its validation points (the same
@@ -249,9 +249,8 @@ class BlockRefiner:
         for it in range(1, iterations + 1):
             if not bool(active.any()):
                 break
-            with no_tf32():
-                a = BatchOperator(batch, blocks, self.budget, _step(V, z)).matmul(V)
-                step = DampedLeastSquares(a, -f, cfg.rcond)
+            a = BatchOperator(batch, blocks, self.budget, _step(V, z)).matmul(V)
+            step = DampedLeastSquares(a, -f, cfg.rcond)
             rule = rule or LevenbergMarquardtDamping.relative(cfg.damping, step.sigma_max)
             searching, accepted = active.clone(), torch.zeros_like(active)
             z_new, f_new, lin_new = z, f, torch.full_like(f_norm, math.nan)
@@ -269,7 +268,7 @@ class BlockRefiner:
                 if not bool(searching.any()):
                     break
             done += active
-            stop = torch.where(active & ~accepted, 1, stop)
+            stop = torch.where(active & ~accepted, NO_DECREASE, stop)
             new_norm = f_new.norm(dim=-1)
             decrease = f_norm - new_norm
             z, f, f_norm = z_new, f_new, torch.where(accepted, new_norm, f_norm)
@@ -278,13 +277,13 @@ class BlockRefiner:
                                ("linearized", lin_new), ("seconds", _clock(self.device) - t0)):
                 hist[key].append(value)
             converged, stalled = best.update_masked(it, z, val, f_norm, decrease, accepted)
-            stop = torch.where(converged, 2, torch.where(stalled, 3, stop))
+            stop = torch.where(converged, CONVERGED, torch.where(stalled, VALIDATION, stop))
             active = active & accepted & ~converged & ~stalled
         rows = _gauss_newton_records(hist, best.iteration, done, stop, ranks, len(index))
         peak = _peak_memory_gb(self.device)
         for row in rows:
             row["peak_memory_gb"] = peak
-        return rows, V, best.z, rows_rank(rows)
+        return rows, V, best.z, _ranks(rows)
 
 
 def _step(V: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -292,7 +291,7 @@ def _step(V: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (V @ z.unsqueeze(-1)).squeeze(-1)
 
 
-def rows_rank(rows: list[dict]) -> list[int]:
+def _ranks(rows: list[dict]) -> list[int]:
     return [row["rank"] for row in rows]
 
 

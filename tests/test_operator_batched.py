@@ -225,6 +225,18 @@ def test_batched_burgers_refinement_matches_the_loop(burgers, gauss_newton):
         assert torch.allclose(a(x), b(x), rtol=1e-9, atol=1e-12)
 
 
+def test_batched_steps_refused_everywhere_stop_like_the_loop(burgers):
+    """rcond = 1 drops every direction: each trial step is zero and refused, so every instance
+    stops at its first iteration ("no_decrease") with the pretrained prediction, as in the loop."""
+    problem, net, test, refs = burgers
+    kw = dict(rank=6, counts={"pde": 40, "ic": 10, "bc": 10}, gauss_newton=3, max_tries=2, rcond=1.0)
+    loop = refine_instances(problem, net, test[:3], refs[:3], mode="loop", **kw)["instances"]
+    batched = refine_instances(problem, net, test[:3], refs[:3], **kw)["instances"]
+    assert_same_records(loop, batched)
+    assert {(r["stop_reason"], r["iterations"], r["best_iteration"], r["linearized_residual"]) for r in batched} == {
+        ("no_decrease", 1, 0, None)}
+
+
 def test_batched_antiderivative_refinement_matches_the_loop():
     """A linear problem solved to a 1e-5 error: its rel_l2_after moves by up to 3e-7 between the
     loop's own two Jacobian backends (jets and vmap(jacrev)), so the batched path is held to 1e-6."""
