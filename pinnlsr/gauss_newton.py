@@ -124,11 +124,17 @@ def shifted_jacobian(problem: PDEProblem, predictor: LinearizedModel, points: di
 class ValidationStop:
     """The best coefficients by validation residual and when to stop a Levenberg–Marquardt run:
     "converged" when an accepted step lowers ||f|| by less than tol·||f||, "validation" after
-    ``patience`` accepted steps without a validation improvement."""
+    ``patience`` accepted steps without a validation improvement.
 
-    def __init__(self, z: torch.Tensor, validation_residual: float, patience: int, tol: float):
+    For a stack of runs (z (B, r), validation residuals (B,)) :meth:`update_masked` keeps one
+    record per run: ``z``, ``validation_residual``, ``iteration`` and ``stall`` are then tensors."""
+
+    def __init__(self, z: torch.Tensor, validation_residual: float | torch.Tensor, patience: int, tol: float):
         self.z, self.validation_residual, self.iteration = z.clone(), validation_residual, 0
         self.patience, self.tol, self.stall = patience, tol, 0
+        if isinstance(validation_residual, torch.Tensor):
+            self.iteration = torch.zeros(validation_residual.shape, dtype=torch.long, device=z.device)
+            self.stall = torch.zeros_like(self.iteration)
 
     def update(self, iteration: int, z: torch.Tensor, validation_residual: float, f_norm: float,
                decrease: float) -> str | None:
@@ -140,6 +146,20 @@ class ValidationStop:
         if decrease < self.tol * (f_norm + decrease):
             return "converged"
         return "validation" if self.stall >= self.patience else None
+
+    def update_masked(self, iteration: int, z: torch.Tensor, validation_residual: torch.Tensor,
+                      f_norm: torch.Tensor, decrease: torch.Tensor, where: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update` for a stack of runs, applied to those where ``where`` (B,) is True (an
+        accepted step): z (B, r), the others (B,). Returns the masks (B,) of the runs that stop
+        now, (converged, validation)."""
+        improved = where & (validation_residual < self.validation_residual)
+        self.z = torch.where(improved.unsqueeze(-1), z, self.z)
+        self.validation_residual = torch.where(improved, validation_residual, self.validation_residual)
+        self.iteration = torch.where(improved, iteration, self.iteration)
+        self.stall = torch.where(improved, 0, torch.where(where, self.stall + 1, self.stall))
+        converged = where & (decrease < self.tol * (f_norm + decrease))
+        return converged, where & ~converged & (self.stall >= self.patience)
 
 
 def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,

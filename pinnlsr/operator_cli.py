@@ -5,7 +5,10 @@ input functions, choose the LSR rank by a scan on a few other functions (unless 
 every test function by LSR, print the table and, with ``--out DIR``, write ``metrics.json`` (stages
 ``pretrained`` and ``lsr`` with rel_l2_mean, rel_l2_std, n_instances, seconds_per_instance),
 ``model.pt`` and figures. The network, sensors and points live in ``--dtype`` on ``--device`` (input
-functions are sampled and their references computed on the CPU); metrics.json names both.
+functions are sampled and their references computed on the CPU); metrics.json names both. The test
+functions are refined in blocks of instances at once (``--refine batched``, block size from the
+memory budget or ``--instance-block``) or one at a time (``--refine loop``); the refinement stages
+record which (``refine_path``, ``instances_per_block``).
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def _counts(items: list[str], problem: OperatorProblem) -> dict[str, int]:
 
 def check_options(args) -> None:
     """Ranges of the numeric options: a ValueError names the option and what it accepts."""
-    for name in ("latent", "n_train", "batch_size", "n_test", "scan_instances", "rank"):
+    for name in ("latent", "n_train", "batch_size", "n_test", "scan_instances", "rank", "instance_block"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"{option(name)} must be >= 1, got {v}")
@@ -123,14 +126,22 @@ def run(problem: OperatorProblem, args) -> dict:
     if rank is None:
         scan_fns = problem.sample_functions(args.scan_instances, torch.Generator().manual_seed(args.seed + 4))
         rank, scan = rank_scan(problem, net, scan_fns, args.scan_ranks, args.seed, counts=counts,
-                               power_iterations=args.power_iterations, dtype=dtype)
+                               power_iterations=args.power_iterations, dtype=dtype, mode=args.refine,
+                               block_size=args.instance_block)
     gn = args.gn_iters
     print(f"LSR: rank {rank}, randomized subspace, {len(test)} instances"
           + (f", then up to {gn} tangent Gauss–Newton iterations each" if gn else ""))
     out = refine_instances(problem, net, test, refs, rank, args.seed, counts, keep_models=3,
                            printer=print if args.verbose else None, gauss_newton=gn,
-                           power_iterations=args.power_iterations, dtype=dtype)
+                           power_iterations=args.power_iterations, dtype=dtype, mode=args.refine,
+                           block_size=args.instance_block)
     inst = out["instances"]
+    path = {"refine_path": out["path"], "instances_per_block": out["block_size"]}
+    if "path_reason" in out:
+        path["refine_path_reason"] = out["path_reason"]
+    how = (f"in blocks of {out['block_size']} instances" if out["path"] == "batched" else
+           "one instance at a time" + (f" ({out['path_reason']})" if "path_reason" in out else ""))
+    print(f"refined {how}")
     mean = lambda value: float(np.mean([value(r) for r in inst]))  # of a quantity of each instance row
     peak = float(max(r["peak_memory_gb"] for r in inst))
     if gn:  # the first Gauss–Newton step is the one-shot LSR stage
@@ -143,7 +154,7 @@ def run(problem: OperatorProblem, args) -> dict:
                        "residual_after_mean": mean(lambda r: r["lsr"].residual),
                        "linearized_residual_mean": mean(lambda r: r["linearized_residual"]), "peak_memory_gb": peak,
                        "reduction_of_mean": m0 / ml, "reduction_median": float(np.median(err0 / err_lsr)),
-                       "note": "first step of the tangent Gauss–Newton run (one-shot LSR)"})
+                       "note": "first step of the tangent Gauss–Newton run (one-shot LSR)", **path})
     err1 = np.array([r["after"].rel_l2 for r in inst])
     m1, s1 = summarize(err1)
     secs = [r["seconds"] for r in inst]
@@ -151,7 +162,7 @@ def run(problem: OperatorProblem, args) -> dict:
              "rel_l2_std": s1, "n_instances": len(test), "seconds": float(np.sum(secs)),
              "seconds_per_instance": float(np.mean(secs)), "residual_before_mean": mean(lambda r: r["before"].residual),
              "residual_after_mean": mean(lambda r: r["after"].residual), "peak_memory_gb": peak,
-             "reduction_of_mean": m0 / m1, "reduction_median": float(np.median(err0 / err1))}
+             "reduction_of_mean": m0 / m1, "reduction_median": float(np.median(err0 / err1)), **path}
     if gn:
         final.update(max_iterations=gn, iterations_mean=mean(lambda r: r["iterations"]),
                      best_iteration_mean=mean(lambda r: r["best_iteration"]))

@@ -25,6 +25,7 @@ from torch.func import vmap
 from .deeponet import DeepONet, InstanceModel
 from .grf import FunctionBatch
 from .lsr import lsr
+from .operator_batched import NotBatchable, describe_instance, refine_batched
 from .problem import PDEProblem, Term
 from .records import Evaluation, HistoryEntry
 from .train import TrainHistory
@@ -259,20 +260,37 @@ def refine_instances(problem: OperatorProblem, net: DeepONet, functions: Functio
                      references: torch.Tensor | None, rank: int, seed: int = 0,
                      counts: dict[str, int] | None = None, keep_models: int = 0,
                      printer: Callable[[str], None] | None = None, gauss_newton: int = 0,
-                     **lsr_options) -> dict:
+                     mode: str = "batched", block_size: int | None = None, **lsr_options) -> dict:
     """LSR of ``net`` on each function separately (randomized subspace of rank ``rank``).
 
     With ``gauss_newton`` = K > 0 (for nonlinear PDEs) each instance instead runs up to K
     tangent Gauss–Newton iterations on the same basis (:func:`pinnlsr.gauss_newton.tangent_gauss_newton`;
     its first step is one-shot LSR), judged on the same instance at independently drawn points.
 
+    ``mode``: "batched" (default) refines ``block_size`` instances at once (default: as many as
+    the memory budget allows; :mod:`pinnlsr.operator_batched`), "loop" one after the other
+    through :func:`pinnlsr.lsr.lsr` / :func:`~pinnlsr.gauss_newton.tangent_gauss_newton` (the
+    reference path; the same numbers to rounding). Where the batched path does not apply (see
+    :class:`pinnlsr.operator_batched.NotBatchable`) the loop runs and ``path_reason`` says why.
+
     Returns {"instances": [per-instance rows], "models": first ``keep_models`` refined
-    predictors}. Each row holds the :class:`~pinnlsr.records.Evaluation` of the network
-    (``before``), of the one-shot LSR step (``lsr``) and of the result (``after``: the LSR step,
-    or with Gauss–Newton its best iterate by validation residual), with errors when references
-    are given; ``linearized_residual`` of the LSR step, ``rank``, ``cond``, ``peak_memory_gb``,
-    and the refinement seconds without error evaluation (``seconds``; ``seconds_lsr`` of the LSR
-    step). With Gauss–Newton also ``iterations``, ``best_iteration`` and ``stop_reason``."""
+    predictors, "path": "batched" or "loop", "block_size": instances refined together}. Each row
+    holds the :class:`~pinnlsr.records.Evaluation` of the network (``before``), of the one-shot
+    LSR step (``lsr``) and of the result (``after``: the LSR step, or with Gauss–Newton its best
+    iterate by validation residual), with errors when references are given; ``linearized_residual``
+    of the LSR step, ``rank``, ``cond``, ``peak_memory_gb``, and the refinement seconds without
+    error evaluation (``seconds``; ``seconds_lsr`` of the LSR step; in the batched path the
+    block's time shared evenly). With Gauss–Newton also ``iterations``, ``best_iteration`` and
+    ``stop_reason``."""
+    if mode not in ("batched", "loop"):
+        raise ValueError(f"mode must be 'batched' or 'loop', got {mode!r}")
+    reason = None
+    if mode == "batched":
+        try:
+            return refine_batched(problem, net, functions, references, rank, seed, counts, lsr_options,
+                                  gauss_newton, block_size, keep_models, printer)
+        except NotBatchable as exc:
+            reason = str(exc)
     sensors = problem.check_sensors(problem.sensors(functions))
     options = dict(subspace="randomized", oversampling=10, power_iterations=0)
     options.update(lsr_options)
@@ -297,11 +315,11 @@ def refine_instances(problem: OperatorProblem, net: DeepONet, functions: Functio
         if i < keep_models:
             models.append(model)
         if printer:
-            before, after = row["before"], row["after"]
-            printer(f"  instance {i:4d}: rel L2 {before.rel_l2 or float('nan'):.3e} -> "
-                    f"{after.rel_l2 or float('nan'):.3e}  residual {before.residual:.3e} -> "
-                    f"{after.residual:.3e}  {row['seconds']:.2f}s")
-    return {"instances": rows, "models": models}
+            printer(describe_instance(i, row))
+    out = {"instances": rows, "models": models, "path": "loop", "block_size": 1}
+    if reason is not None:
+        out["path_reason"] = reason
+    return out
 
 
 def _gauss_newton_instance(problem, functions, index, inst, model, rank, seed, counts, iterations,

@@ -154,6 +154,11 @@ class OperatorSettings:
     power_iterations: int = setting(0, "power iterations of the randomized range finder", int)
     gn_iters: int = setting(0, "after one-shot LSR, up to this many tangent Gauss–Newton iterations per "
                                "instance (nonlinear PDEs), a 'gauss_newton' stage (0: one-shot LSR only)", int)
+    refine: str = setting("batched", "how the test functions are refined: 'batched' (blocks of instances at once, "
+                                     "sized from free memory) or 'loop' (one at a time; the same numbers)", str,
+                          choices=("batched", "loop"))
+    instance_block: int | None = setting(None, "instances per block of the batched refinement (default: as many as "
+                                               "the memory budget allows)", int)
 
     @classmethod
     def of(cls, values) -> "OperatorSettings":

@@ -38,14 +38,15 @@ def no_tf32():
         torch.backends.cudnn.allow_tf32 = old_cudnn
 
 
-def _validate(a: torch.Tensor, b: torch.Tensor, tikhonov: float) -> None:
-    if a.ndim != 2:
-        raise ValueError(f"least squares: A must be a matrix (n, r), got shape {tuple(a.shape)}")
-    if b.shape != (a.shape[0],):
-        raise ValueError(f"least squares: b must have shape ({a.shape[0]},), got {tuple(b.shape)}")
+def _validate(a: torch.Tensor, b: torch.Tensor, tikhonov: float, batched: bool = False) -> None:
+    if a.ndim != (3 if batched else 2):
+        want = "a stack of matrices (B, n, r)" if batched else "a matrix (n, r)"
+        raise ValueError(f"least squares: A must be {want}, got shape {tuple(a.shape)}")
+    if b.shape != a.shape[:-1]:
+        raise ValueError(f"least squares: b must have shape {tuple(a.shape[:-1])}, got {tuple(b.shape)}")
     if a.dtype != b.dtype or a.device != b.device:
         raise ValueError(f"least squares: A is {a.dtype} on {a.device}, b is {b.dtype} on {b.device}: convert one")
-    if a.shape[0] == 0 or a.shape[1] == 0:
+    if a.shape[-2] == 0 or a.shape[-1] == 0:
         raise ValueError(f"least squares: empty system of shape {tuple(a.shape)}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise FloatingPointError("least squares: A or b contains NaN or Inf (a diverged network or residual?)")
@@ -61,22 +62,37 @@ class DampedLeastSquares:
     its residual sqrt(||R11 z - r12||² + ρ²) follow from it at O(r²) each. Singular values below
     ``rcond · σ_max`` are dropped (default rcond = max(n, r) · eps). Used by the one-shot solve
     (:func:`solve_svd`) and by every Levenberg–Marquardt loop (trial steps for several μ).
+
+    A stack of B systems, A (B, n, r) and b (B, n), is solved at once (one batched QR and SVD):
+    each keeps its own singular values (a mask instead of a cut), μ may then be a (B,) tensor,
+    and ``rho``, ``rank_used``, :attr:`sigma_max`, :attr:`cond` and :meth:`residual_norm` are
+    (B,) tensors instead of numbers (no host synchronization).
     """
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, rcond: float | None = None, rho: float = 0.0,
-                 n_rows: int | None = None):
-        _validate(a, b, 0.0)
-        n, r = a.shape
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, rcond: float | None = None,
+                 rho: float | torch.Tensor = 0.0, n_rows: int | None = None):
+        self.batched = a.ndim == 3
+        _validate(a, b, 0.0, self.batched)
+        n, r = a.shape[-2:]
         self.shape = (n if n_rows is None else n_rows, r)
-        self.rho = rho
+        self.rho = torch.as_tensor(rho, dtype=a.dtype, device=a.device).expand(a.shape[:-2]) if self.batched else rho
         with no_tf32():
             if n >= 2 * r:  # QR then the SVD of R11 costs less than the SVD of A
-                rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(1)], 1), mode="r")[1]
-                a, b, self.rho = rr[:r, :r], rr[:r, r], math.hypot(float(rr[r, r]), rho)
+                rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(-1)], -1), mode="r")[1]
+                a, b = rr[..., :r, :r], rr[..., :r, r]
+                self.rho = (torch.hypot(rr[..., r, r], self.rho) if self.batched
+                            else math.hypot(float(rr[r, r]), rho))
             u, s, vh = torch.linalg.svd(a, full_matrices=False)
         self._a, self._b = a, b
         self.rcond = max(self.shape) * torch.finfo(a.dtype).eps if rcond is None else rcond
-        self.singular_values = s  # (min(n, r),) of A, descending
+        self.singular_values = s  # (min(n, r),) of A, descending; (B, min(n, r)) for a stack
+        if self.batched:
+            s_max = s[..., :1]
+            self._kept = (s > self.rcond * s_max) & (s_max > 0)  # (B, min(n, r))
+            self.rank_used = self._kept.sum(-1)
+            g = (u.mT @ b.unsqueeze(-1)).squeeze(-1)
+            self._s, self._vh, self._g = s, vh, torch.where(self._kept, g, 0.0)
+            return
         k = int((s > self.rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
         self.rank_used = k
         self._s, self._vh, self._g = s[:k], vh[:k], u[:, :k].T @ b
@@ -84,28 +100,44 @@ class DampedLeastSquares:
     @classmethod
     def from_factor(cls, r_aug: torch.Tensor, n_rows: int, rcond: float | None = None) -> "DampedLeastSquares":
         """From the R factor (r+1, r+1) of [A | b] of n_rows rows (e.g. reduced across processes by
-        TSQR): the same steps as from A and b themselves."""
-        r = r_aug.shape[1] - 1
-        return cls(r_aug[:r, :r], r_aug[:r, r], rcond, rho=float(r_aug[r, r].abs()), n_rows=n_rows)
+        TSQR): the same steps as from A and b themselves; (B, r+1, r+1) for a stack."""
+        r = r_aug.shape[-1] - 1
+        rho = r_aug[..., r, r].abs()
+        return cls(r_aug[..., :r, :r], r_aug[..., :r, r], rcond, rho if r_aug.ndim == 3 else float(rho), n_rows)
 
     @property
-    def sigma_max(self) -> float:
+    def sigma_max(self) -> float | torch.Tensor:
+        if self.batched:
+            return self.singular_values[..., 0]
         return float(self.singular_values[0]) if self.singular_values.numel() else 0.0
 
     @property
-    def cond(self) -> float:
+    def cond(self) -> float | torch.Tensor:
         """σ_max / σ_min over the singular values kept (inf when none is)."""
+        if self.batched:
+            last = self._s.gather(-1, (self.rank_used - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            return torch.where(self.rank_used > 0, self._s[..., 0] / last, torch.inf)
         return float(self._s[0] / self._s[-1]) if self.rank_used else float("inf")
 
-    def solve(self, mu: float = 0.0) -> torch.Tensor:
-        """z (r,) minimizing ||A z - b||² + μ||z||² over the kept singular directions."""
+    def solve(self, mu: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """z (r,) minimizing ||A z - b||² + μ||z||² over the kept singular directions; (B, r) for a
+        stack, with μ a number or one per system (B,)."""
+        if self.batched:
+            mu = torch.as_tensor(mu, dtype=self._s.dtype, device=self._s.device)
+            mu = mu.unsqueeze(-1) if mu.ndim else mu
+            filt = torch.where(mu > 0, self._s / (self._s**2 + mu), 1.0 / self._s)
+            filt = torch.where(self._kept, filt, 0.0)
+            return (self._vh.mT @ (filt * self._g).unsqueeze(-1)).squeeze(-1)
         if self.rank_used == 0:
             return self._b.new_zeros(self.shape[1])
         filt = self._s / (self._s**2 + mu) if mu > 0 else 1.0 / self._s
         return self._vh.T @ (filt * self._g)
 
-    def residual_norm(self, z: torch.Tensor) -> float:
-        """||A z - b|| for any z (r,)."""
+    def residual_norm(self, z: torch.Tensor) -> float | torch.Tensor:
+        """||A z - b|| for any z (r,); (B,) for a stack and z (B, r)."""
+        if self.batched:
+            res = (self._a @ z.unsqueeze(-1)).squeeze(-1) - self._b
+            return torch.hypot(torch.linalg.vector_norm(res, dim=-1), self.rho)
         return math.hypot(float(torch.linalg.vector_norm(self._a @ z - self._b)), self.rho)
 
 
@@ -177,6 +209,61 @@ class DampingSearch:
             self.mu = best.mu if best.mu > 0 else self.mu * 10.0**-self.decades
         return best, tries, refused
 
+    def choose_stack(self, step: DampedLeastSquares, f_norm: torch.Tensor, active: torch.Tensor, evaluate,
+                     validate) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """:meth:`choose` for a stack of B systems (``step`` batched, ``f_norm`` (B,)): every system
+        has its own μ_c and runs the same trials as alone, under masks (``active`` (B,): the systems
+        that take a step). ``evaluate(delta (B, r))`` returns (norms (B,), payload (B, ...) tensor),
+        ``validate(delta, payload)`` the scores (B,). Returns the kept trial of each system as
+        tensors {"delta", "mu", "norm", "score", "linearized", "payload"} and the mask of the
+        systems that found one (the others hold zeros and NaN)."""
+        if self.mu is None:
+            s_max = step.sigma_max
+            s_max2 = torch.where(s_max > 0, s_max**2, torch.ones_like(s_max))
+            self.mu = s_max2 * (self.damping if self.damping > 0 else 1e-30)
+        best: dict[str, torch.Tensor] | None = None
+        found = torch.zeros_like(active)
+        stall = torch.zeros(active.shape, dtype=torch.int64, device=active.device)
+        searching = active.clone()
+
+        def trial(mu, where):
+            nonlocal best
+            delta = step.solve(mu)
+            norm, payload = evaluate(delta)
+            ok = where & torch.isfinite(norm) & (norm < f_norm)
+            score = validate(delta, payload)
+            ok = ok & torch.isfinite(score)
+            better = ok & (~found | (score < (best["score"] if best is not None else score)))
+            cand = {"delta": delta, "mu": mu.expand_as(norm), "norm": norm, "score": score,
+                    "linearized": step.residual_norm(delta), "payload": payload}
+            if best is None:
+                nan = lambda t: torch.full_like(t, math.nan) if t.is_floating_point() else torch.zeros_like(t)
+                best = {k: nan(v) for k, v in cand.items()}
+                best["delta"] = torch.zeros_like(delta)
+            for k, v in cand.items():
+                mask = better.view(-1, *([1] * (v.ndim - 1)))
+                best[k] = torch.where(mask, v, best[k])
+            return ok, better
+
+        for k in list(range(self.above, -self.decades - 1, -1)) + [None]:
+            if not bool(searching.any()):
+                break
+            mu = self.mu * 10.0**k if k is not None else torch.zeros_like(self.mu)
+            ok, better = trial(mu, searching)
+            stall = torch.where(better, 0, torch.where(searching & found & ~better, stall + 1, stall))
+            found = found | ok
+            searching = searching & ~(found & (stall >= self.patience))
+        grow, mu = active & ~found, self.mu * 10.0**self.above
+        for _ in range(self.max_tries):
+            if not bool(grow.any()):
+                break
+            mu = mu * 10.0
+            ok, _ = trial(mu, grow)
+            found, grow = found | ok, grow & ~ok
+        kept_mu = torch.where(best["mu"] > 0, best["mu"], self.mu * 10.0**-self.decades)
+        self.mu = torch.where(found, kept_mu, self.mu)
+        return best, found
+
     @staticmethod
     def _try(step, mu, f_norm, evaluate, validate) -> Trial | None:
         delta = step.solve(mu)
@@ -189,10 +276,13 @@ class DampingSearch:
         return Trial(delta, mu, norm, score, step.residual_norm(delta), payload)
 
 
-def gain_ratio(f_norm: float, new_norm: float, linearized_norm: float) -> float:
+def gain_ratio(f_norm: float | torch.Tensor, new_norm: float | torch.Tensor,
+               linearized_norm: float | torch.Tensor) -> float | torch.Tensor:
     """Actual over predicted decrease of ||f||²: (||f||² - ||f_new||²) / (||f||² - ||f + Aδ||²)
-    (1 when the model predicts no decrease)."""
+    (1 when the model predicts no decrease); elementwise for tensors."""
     predicted = f_norm**2 - linearized_norm**2
+    if isinstance(predicted, torch.Tensor):
+        return torch.where(predicted > 0, (f_norm**2 - new_norm**2) / predicted, 1.0)
     return (f_norm**2 - new_norm**2) / predicted if predicted > 0 else 1.0
 
 

@@ -47,8 +47,24 @@ def full_basis(m: int, dtype: torch.dtype, device) -> Basis:
     return Basis(torch.eye(m, dtype=dtype, device=device), "full", m, None)
 
 
-def scaled_directions(w: torch.Tensor, s: torch.Tensor, rank: int, scale: bool, rcond: float) -> tuple[torch.Tensor, int]:
-    """Keep the top ``rank`` directions (columns of w) whose σ exceeds rcond·σ_max; scale by 1/σ."""
+def scaled_directions(w: torch.Tensor, s: torch.Tensor, rank: int, scale: bool,
+                      rcond: float) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """Keep the top ``rank`` directions (columns of w) whose σ exceeds rcond·σ_max; scale by 1/σ.
+
+    Returns (V (m, r), r). For a stack, w (B, m, k) and s (B, k), each system keeps its own
+    count: V is (B, m, min(rank, k)) with the directions past a system's count set to zero, and
+    r the counts (B,) (a tensor: no host synchronization beyond the check for a zero Jacobian)."""
+    if s.ndim > 1:
+        s_max = s[..., :1]
+        counts = ((s > rcond * s_max) & (s_max > 0)).sum(-1)
+        if not bool((counts > 0).all()):
+            raise ValueError("the Jacobian is zero: the network does not depend on its parameters here")
+        r = min(rank, s.shape[-1])
+        used = torch.arange(r, device=s.device) < counts.unsqueeze(-1)  # (B, r)
+        v = w[..., :r]
+        if scale:
+            v = v / torch.where(used, s[..., :r], 1.0).unsqueeze(-2)
+        return torch.where(used.unsqueeze(-2), v, 0.0), counts.clamp(max=r)
     keep = int((s > rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
     r = min(rank, keep)
     if r == 0:
@@ -81,11 +97,15 @@ def sketch_svd(op, rank: int, oversampling: int = 10, power_iterations: int = 0,
     :mod:`pinnlsr.interop.deepxde`. Ω is drawn on the CPU from ``generator`` (or given: ``omega``
     (n, k)) so the same seed gives the same directions on every device.
 
+    A stack of B Jacobians (an ``op`` whose products take and return (B, ·, ·) stacks, e.g.
+    :class:`pinnlsr.instance_batch.BatchOperator`) is sketched at once with a given ``omega``
+    (B, n, k): batched QR and SVD, results with the leading dimension B.
+
     With a ``reducer`` (rows shared out over processes, :mod:`pinnlsr.distributed`) Y is summed
     over processes, Q agreed, and the SVD taken of the R factor of G Q over all processes' rows with
     a canonical sign per direction (no power iterations); U is then None."""
     n, m = op.shape
-    width = min(rank + oversampling, m, n) if omega is None else omega.shape[1]
+    width = min(rank + oversampling, m, n) if omega is None else omega.shape[-1]
     if omega is None:
         omega = torch.randn(n, width, generator=generator, dtype=op.theta.dtype)
     omega = omega.to(op.theta.device)
@@ -102,7 +122,7 @@ def sketch_svd(op, rank: int, oversampling: int = 10, power_iterations: int = 0,
             zq, _ = torch.linalg.qr(op.matmul(q))  # (n, width)
             q, _ = torch.linalg.qr(op.rmatmul(zq))
         u, s, vh = torch.linalg.svd(op.matmul(q), full_matrices=False)  # G Q = U S Zᵀ
-        return q @ vh.T, s, u
+        return q @ vh.mT, s, u
 
 
 def randomized_basis(rows: Rows, theta: torch.Tensor, rank: int, oversampling: int = 10,

@@ -9,11 +9,23 @@ and collect ``metrics.json``. Prints a Markdown table with the sizes used, and w
     python scripts/benchmark_deeponet.py --out runs/benchmark_deeponet
     python scripts/benchmark_deeponet.py --problems antiderivative --adam-steps 500 --n-test 10   # quick
     python scripts/benchmark_deeponet.py --out runs/benchmark_deeponet --table-only          # table again
+
+``--compare-refinement`` times instead the per-instance refinement of deeponet_burgers (LSR and its
+default Gauss–Newton steps) one instance at a time (``refine_instances(mode="loop")``, on the first
+``--loop-instances``) and in blocks of instances at once (the default path, on all ``--n-test``), and
+writes both times, their ratio per instance, the largest difference of the instance records and the
+mean errors of both paths on the instances both refined to ``OUT/refinement.json`` (at rank 400 the
+records move with rounding: the loop's own two Jacobian backends can differ by tens of percent after
+four Gauss–Newton steps, so compare the means); the network is ``OUT/burgers/model.pt`` with ``--reuse``, else pretrained
+with the problem's defaults and saved there:
+
+    python scripts/benchmark_deeponet.py --compare-refinement --reuse --rank 400 --out runs/benchmark_deeponet
 """
 from __future__ import annotations
 
 import importlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -84,6 +96,70 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def compare_refinement(args, settings=None, counts: dict | None = None, problem=None) -> dict:
+    """Time deeponet_burgers' per-instance refinement one instance at a time and in blocks, and
+    write ``OUT/refinement.json`` (``settings``, ``counts`` and ``problem`` override the problem's
+    defaults: network size, Gauss–Newton steps, LSR points, test grid)."""
+    from pinnlsr import checkpoint as ckpt
+    from pinnlsr.io import atomic_write_json
+    from pinnlsr.operator_learning import refine_instances, train_pideeponet
+    from pinnlsr.settings import device_and_dtype
+
+    module = importlib.import_module("problems.deeponet_burgers")
+    problem, settings = problem or module.PROBLEM(), settings or module.DEFAULTS
+    device, dtype = device_and_dtype(args)
+    gen = torch.Generator().manual_seed(args.seed)
+    net = problem.default_deeponet(gen, dtype, device, widths=tuple(settings.widths), latent=settings.latent)
+    path = Path(args.out) / "burgers" / "model.pt"
+    if args.reuse and path.is_file():
+        ckpt.load_into(net, path)
+    else:
+        steps = settings.adam_steps if args.adam_steps is None else args.adam_steps
+        train = problem.sample_functions(settings.n_train, torch.Generator().manual_seed(args.seed + 1))
+        train_pideeponet(problem, net, train, steps, settings.batch_size, settings.lr, settings.final_lr,
+                         torch.Generator().manual_seed(args.seed + 2), log_every=max(1, steps // 10))
+        ckpt.save_state_dict(net, path)
+    test = problem.sample_functions(args.n_test, torch.Generator().manual_seed(args.seed + 3))
+    refs = problem.references(test)
+    n_loop = min(args.n_test, args.loop_instances)
+    kw = dict(rank=args.rank or 400, seed=args.seed, counts=counts, gauss_newton=settings.gn_iters, dtype=dtype)
+    timed = {}
+    for mode, n in (("loop", n_loop), ("batched", args.n_test)):
+        t = _clock(device)
+        out = refine_instances(problem, net, test[:n], refs[:n], mode=mode, **kw)
+        seconds = _clock(device) - t
+        timed[mode] = dict(out, seconds=seconds)
+        print(f"{mode}: {n} instances in {seconds:.1f} s ({seconds / n:.2f} s per instance, "
+              f"{out['block_size']} per block)", flush=True)
+    value = lambda row, key: getattr(row[key.split("_")[-1]], key.rsplit("_", 1)[0])  # "rel_l2_after" -> after.rel_l2
+    diff = {key: max(abs(value(a, key) - value(b, key)) / abs(value(a, key))
+                     for a, b in zip(timed["loop"]["instances"], timed["batched"]["instances"]))
+            for key in ("rel_l2_after", "residual_after")}
+    per = {mode: timed[mode]["seconds"] / len(timed[mode]["instances"]) for mode in timed}
+    common = {mode: timed[mode]["instances"][:n_loop] for mode in timed}
+    means = {f"{key}_mean": {mode: sum(value(r, key) for r in rows) / n_loop for mode, rows in common.items()}
+             for key in ("rel_l2_before", "rel_l2_after", "residual_after")}
+    result = {"problem": problem.name, "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+              "rank": kw["rank"], "gauss_newton": settings.gn_iters, "n_params": sum(p.numel() for p in net.parameters()),
+              **{mode: {"path": timed[mode]["path"], "instances": len(timed[mode]["instances"]),
+                        "instances_per_block": timed[mode]["block_size"], "seconds": timed[mode]["seconds"],
+                        "seconds_per_instance": per[mode]} for mode in timed},
+              "speedup_per_instance": per["loop"] / per["batched"], "max_relative_difference": diff,
+              "on_the_loop_instances": means}
+    if n_loop < args.n_test:
+        result["note"] = f"the loop was timed on the first {n_loop} of the {args.n_test} instances"
+    atomic_write_json(Path(args.out) / "refinement.json", result)
+    print(f"speedup per instance {result['speedup_per_instance']:.1f}x; largest relative difference of the "
+          f"records {max(diff.values()):.1e}; wrote {Path(args.out) / 'refinement.json'}")
+    return result
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python scripts/benchmark_deeponet.py", description=__doc__.split("\n")[0])
     p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS), help="problems to run")
@@ -96,6 +172,10 @@ def build_parser() -> Parser:
     p.add_argument("--reuse", action="store_true", help="load OUT/NAME/model.pt when present instead of pretraining")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from OUT/NAME/metrics.json")
+    p.add_argument("--compare-refinement", action="store_true",
+                   help="time deeponet_burgers' refinement one instance at a time and in blocks (OUT/refinement.json)")
+    p.add_argument("--loop-instances", type=int, default=100,
+                   help="with --compare-refinement: instances the one-at-a-time loop is timed on")
     p.add_argument("extra", nargs="*", help="more options passed to every problem (after --)")
     add_alias(p, "--steps", "--adam-steps", type=int)
     return p
@@ -105,6 +185,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
     torch.set_num_threads(args.threads)
+    if args.compare_refinement:
+        if args.n_test < 1 or args.loop_instances < 1:
+            raise SystemExit("--n-test and --loop-instances must be >= 1")
+        compare_refinement(args)
+        return 0
     results = {}
     for name in args.problems:
         if args.table_only:

@@ -52,10 +52,10 @@ LAYERS = {
     "nn": ["models", "deeponet"],
     "problem": ["geometry", "geometry.sampling", "geometry.domain", "geometry.shapes", "geometry.spacetime",
                 "operators", "problem", "grf", "reference_solvers", "metrics"],
-    "linearize": ["residual", "jacobian", "jets", "jet_models", "jet_plans", "engine", "linearize"],
+    "linearize": ["residual", "jacobian", "jets", "jet_models", "jet_plans", "engine", "linearize", "instance_batch"],
     "linalg": ["streaming", "subspace"],
     "refine": ["lsr", "gauss_newton", "ilsr", "marching", "rank", "distributed", "train"],
-    "operators and interop": ["operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
+    "operators and interop": ["operator_batched", "operator_learning", "interop", "interop.deepxde_problem", "interop.deepxde",
                               "interop.deepxde_operator"],
     "app": ["settings", "runfolder", "plotting_fields", "plotting", "report", "compare", "pipeline", "runner", "operator_cli", "cli", "__init__"],
 }

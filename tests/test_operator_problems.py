@@ -161,3 +161,12 @@ def test_burgers_gauss_newton_instances_and_cli_stages(tmp_path):
     for stage in metrics["stages"]:
         assert stage["n_instances"] == 2 and "seconds_per_instance" in stage
     assert metrics["stages"][2]["residual_after_mean"] <= metrics["stages"][1]["residual_after_mean"]
+    assert {(s["refine_path"], s["instances_per_block"]) for s in metrics["stages"][1:]} == {("batched", 2)}
+    # one instance at a time: the same numbers
+    loop = tmp_path / "burgers_loop"
+    assert burgers_cli(argv[:-3] + ["--refine", "loop", "--out", str(loop), "--no-plot"]) == 0
+    again = json.loads((loop / "metrics.json").read_text())
+    assert again["stages"][2]["refine_path"] == "loop"
+    for a, b in zip(metrics["stages"][1:], again["stages"][1:]):
+        assert b["rel_l2_mean"] == pytest.approx(a["rel_l2_mean"], rel=1e-9)
+        assert b["residual_after_mean"] == pytest.approx(a["residual_after_mean"], rel=1e-9)
