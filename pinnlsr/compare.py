@@ -1,13 +1,20 @@
-"""Side-by-side comparison of Adam, Adam + L-BFGS, one-shot LSR and Iterative LSR on one problem.
+"""Side-by-side comparison of Adam, Adam + L-BFGS, one-shot LSR and Iterative LSR on one problem,
+with the baselines a user would pick instead at equal wall time.
 
 The same network (seeded) and the same collocation points are trained by Adam, then by L-BFGS, then
 refined by one-shot LSR and by Iterative LSR (both from the Adam + L-BFGS network). For equal cost,
 Adam and L-BFGS are then continued for at least the wall time that L-BFGS + ILSR took
-("adam_long", "lbfgs_long"). Used by ``pinnlsr compare NAME`` and ``scripts/benchmark_pinns.py``.
+("adam_long", "lbfgs_long"); SOAP trains the initial network with Adam's schedule and points for at
+least the wall time of the whole ILSR pipeline ("soap"), and SciPy's full-batch BFGS continues the
+Adam + L-BFGS network for ILSR's time ("bfgs_long", networks of at most ``BFGS_MAX_PARAMS``
+parameters). A baseline that cannot run (SOAP's package missing, a network too large for BFGS) is
+listed under "skipped" with the reason. Used by ``pinnlsr compare NAME`` and
+``scripts/benchmark_pinns.py``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +28,7 @@ from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .records import HistoryEntry
 from .settings import RunSettings, last_window_options
-from .train import train_adam, train_lbfgs
+from .train import BFGS_MAX_PARAMS, soap_optimizer, train_adam, train_bfgs, train_lbfgs
 
 FULL = RunSettings(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, ilsr_outer=8, ilsr_gn_iters=10,
                    align_iterations=300)
@@ -29,6 +36,9 @@ QUICK = RunSettings(adam_steps=100, lbfgs_steps=5, lr=3e-3, final_lr=1e-4, ilsr_
                     align_iterations=5)
 QUICK_POINT_FRACTION = 0.03  # of every term's default point count, with QUICK
 PROBES = 20  # convergence-history points per training phase
+TRAINERS = {"adam": train_adam, "lbfgs": train_lbfgs, "bfgs": train_bfgs}
+#: Gradient-trained methods: the best of them (by rel. L2) is the baseline ILSR is compared with.
+BASELINES = ("adam", "adam+lbfgs", "adam_long", "lbfgs_long", "soap", "bfgs_long")
 
 
 def probe(problem, model, points, iteration: int, seconds: Callable[[], float]) -> dict:
@@ -42,7 +52,7 @@ def probe(problem, model, points, iteration: int, seconds: Callable[[], float]) 
 
 
 def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log_every, max_seconds=None, **kw):
-    """One Adam or L-BFGS run of ``steps`` steps (or until ``max_seconds``), with a history point
+    """One run of ``TRAINERS[kind]`` for ``steps`` steps (or until ``max_seconds``), with a history point
     every ``log_every`` steps and at the end; history seconds and iterations are offset by
     ``t_offset`` and ``it_offset``. Returns (history, seconds)."""
     hist, t0 = [], time.perf_counter()
@@ -50,8 +60,7 @@ def timed_training(kind, problem, model, points, steps, t_offset, it_offset, log
     def record(step, _loss):
         hist.append(probe(problem, model, points, it_offset + step + 1, lambda: t_offset + time.perf_counter() - t0))
 
-    train = train_adam if kind == "adam" else train_lbfgs
-    h = train(problem, model, points, steps, progress=False, log_every=log_every, callback=record,
+    h = TRAINERS[kind](problem, model, points, steps, progress=False, log_every=log_every, callback=record,
               max_seconds=max_seconds, **kw)
     seconds = time.perf_counter() - t0
     done = (h.step[-1] + 1) if h.step else 0
@@ -71,7 +80,8 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     window, and last_window_* set the last one). Points: ``settings.points`` or, with
     ``point_fraction``, that fraction of every term's default count. Network and points in
     ``dtype`` on ``device``. Returns {"problem", "n_params", "n_points", "config", "methods":
-    {name: {rel_l2, residual, seconds, history: [...]}}, "ratio_baseline_over_ilsr"}. A dict passed
+    {name: {rel_l2, residual, seconds, history: [...]}}, "skipped": {name: reason},
+    "ratio_baseline_over_ilsr"} (the best of :data:`BASELINES` over ILSR). A dict passed
     as ``predictions`` receives each method's final outputs at the reference points ({method: (N, k)
     array}; "points" and "reference" too), for :func:`~pinnlsr.report.write_predictions`."""
     name, s = problem.name, settings
@@ -91,13 +101,15 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
             predictions[method] = predict(predictor, ref[0]).cpu().numpy()
     config = {**dataclasses.asdict(s), "point_fraction": point_fraction, "dtype": str(dtype).removeprefix("torch."),
               "device": str(device)}
-    out = {"problem": name, "n_params": ParamSpec.of(model).numel, "config": config,
-           "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "methods": {}}
+    spec = ParamSpec.of(model)
+    out = {"problem": name, "n_params": spec.numel, "config": config,
+           "n_points": {k: int(v.shape[0]) for k, v in points.items()}, "methods": {}, "skipped": {}}
+    init_state = spec.flatten(model).clone()
     n_adam, n_lbfgs = s.adam_steps, s.lbfgs_steps
     hist = [probe(problem, model, points, 0, lambda: 0.0)]
     adam_hist, adam_s = timed_training("adam", problem, model, points, n_adam, 0.0, 0,
                                        max(1, n_adam // PROBES), lr=s.lr, final_lr=s.final_lr)
-    adam_state = ParamSpec.of(model).flatten(model).clone()
+    adam_state = spec.flatten(model).clone()
     out["methods"]["adam"] = {"history": hist + adam_hist, "seconds": adam_s, **adam_hist[-1]}
     keep("adam", model)
     lb_s = 0.0
@@ -106,7 +118,7 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
                                        max(1, n_lbfgs // PROBES))
         out["methods"]["adam+lbfgs"] = {"history": lb_hist, "seconds": adam_s + lb_s, **lb_hist[-1]}
         keep("adam+lbfgs", model)
-    lbfgs_state = ParamSpec.of(model).flatten(model).clone()
+    lbfgs_state = spec.flatten(model).clone()
     base = adam_s + lb_s
 
     subspace = dict(rank=s.rank, subspace=s.subspace, oversampling=s.oversampling, power_iterations=s.power_iterations,
@@ -141,28 +153,52 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     keep("ilsr", res.model)
     # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning
     # rate) for the time L-BFGS + ILSR took, and L-BFGS (from the L-BFGS state) for ILSR's time.
-    spec = ParamSpec.of(model)
     spec.assign(model, adam_state)
     rate = n_adam / max(adam_s, 1e-9)  # Adam steps per second, to space the history points
     extra = lb_s + ilsr_s
-    h, s = timed_training("adam", problem, model, points, 10**9, adam_s, n_adam,
-                          max(1, int(rate * extra / PROBES)), max_seconds=extra,
-                          lr=s.final_lr or s.lr, final_lr=None)
-    out["methods"]["adam_long"] = {"history": h, "seconds": adam_s + s, **h[-1]}
+    h, secs = timed_training("adam", problem, model, points, 10**9, adam_s, n_adam,
+                             max(1, int(rate * extra / PROBES)), max_seconds=extra,
+                             lr=s.final_lr or s.lr, final_lr=None)
+    out["methods"]["adam_long"] = {"history": h, "seconds": adam_s + secs, **h[-1]}
     keep("adam_long", model)
     spec.assign(model, lbfgs_state)
     # L-BFGS iterations per second; without an L-BFGS phase, guess one iteration ≈ its 20
     # function evaluations ≈ 20 Adam steps (only the spacing of the history points depends on it)
     lb_rate = n_lbfgs / lb_s if n_lbfgs > 0 and lb_s > 0 else rate / 20
-    h, s = timed_training("lbfgs", problem, model, points, 10**9, base, n_adam + n_lbfgs,
-                          max(1, int(lb_rate * ilsr_s / PROBES)), max_seconds=ilsr_s)
-    out["methods"]["lbfgs_long"] = {"history": h, "seconds": base + s, **h[-1]}
+    h, secs = timed_training("lbfgs", problem, model, points, 10**9, base, n_adam + n_lbfgs,
+                             max(1, int(lb_rate * ilsr_s / PROBES)), max_seconds=ilsr_s)
+    out["methods"]["lbfgs_long"] = {"history": h, "seconds": base + secs, **h[-1]}
     keep("lbfgs_long", model)
-    baselines = [k for k in ("adam", "adam+lbfgs", "adam_long", "lbfgs_long") if k in out["methods"]]
-    baseline = min(out["methods"][k]["rel_l2"] for k in baselines)
+    # SOAP from the initial network with Adam's schedule (over Adam's steps, then at the final rate)
+    # for at least the whole ILSR pipeline's time.
+    total = base + ilsr_s
+    try:
+        soap = soap_optimizer()
+    except ModuleNotFoundError as e:
+        out["skipped"]["soap"] = str(e)
+    else:
+        spec.assign(model, init_state)
+        h, secs = timed_training("adam", problem, model, points, 10**9, 0.0, 0, max(1, int(rate * total / PROBES)),
+                                 max_seconds=total, lr=s.lr, final_lr=s.final_lr, optimizer=soap,
+                                 decay_steps=n_adam, min_steps=n_adam)
+        out["methods"]["soap"] = {"history": hist + h, "seconds": secs, **h[-1],
+                                  "package": f"pytorch-optimizer {importlib.metadata.version('pytorch-optimizer')}"}
+        keep("soap", model)
+    # Full-batch BFGS from the L-BFGS state for ILSR's time (an iteration ≈ 2 loss evaluations ≈ 2
+    # Adam steps, for the spacing of the history points), on networks small enough for it.
+    if spec.numel > BFGS_MAX_PARAMS:
+        out["skipped"]["bfgs_long"] = (f"{spec.numel} parameters, more than BFGS_MAX_PARAMS = {BFGS_MAX_PARAMS} "
+                                       "(dense m×m inverse Hessian, O(m³) per iteration)")
+    else:
+        spec.assign(model, lbfgs_state)
+        h, secs = timed_training("bfgs", problem, model, points, 10**9, base, n_adam + n_lbfgs,
+                                 max(1, int(rate / 2 * ilsr_s / PROBES)), max_seconds=ilsr_s,
+                                 max_params=BFGS_MAX_PARAMS)
+        out["methods"]["bfgs_long"] = {"history": h, "seconds": base + secs, **h[-1]}
+        keep("bfgs_long", model)
+    baseline = min(out["methods"][k]["rel_l2"] for k in BASELINES if k in out["methods"])
     out["ratio_baseline_over_ilsr"] = baseline / out["methods"]["ilsr"]["rel_l2"]
     return out
-
 
 def plot(result: dict, path: Path) -> Path:
     """Error and residual against iteration and against seconds, every method on each panel."""
@@ -176,12 +212,15 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown table of every method per problem, and the baseline/ILSR ratio."""
+    """Markdown table of every method per problem (a skipped one with its reason), and the
+    best-baseline/ILSR ratio."""
     lines = ["| problem | params | method | rel. L2 | residual | seconds |", "|---|---|---|---|---|---|"]
     for r in results:
         for name, m in r["methods"].items():
             lines.append(f"| {r['problem']} | {r['n_params']} | {name} | {m['rel_l2']:.3e} | {m['residual']:.3e} | "
                          f"{m['seconds']:.1f} |")
+        for name, reason in r.get("skipped", {}).items():
+            lines.append(f"| {r['problem']} | {r['n_params']} | {name} | skipped: {reason} | | |")
     lines += ["", "| problem | best baseline rel. L2 / ILSR rel. L2 | ILSR >= 10x better |", "|---|---|---|"]
     for r in results:
         ratio = r["ratio_baseline_over_ilsr"]

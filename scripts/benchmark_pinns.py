@@ -1,12 +1,16 @@
-"""Nonlinear-PDE benchmark: Adam, Adam + L-BFGS, one-shot LSR and Iterative LSR side by side.
+"""Nonlinear-PDE benchmark: one-shot and Iterative LSR beside Adam, L-BFGS, SOAP and BFGS at equal time.
 
 For each problem the same network (seeded) and the same collocation points are trained by Adam,
 then by L-BFGS, then refined by one-shot LSR and by Iterative LSR (both starting from the Adam +
 L-BFGS network). To compare at equal cost, Adam and L-BFGS are then continued for at least the
-wall time that L-BFGS + ILSR took ("adam_long", "lbfgs_long"). Writes, under --out:
+wall time that L-BFGS + ILSR took ("adam_long", "lbfgs_long"), SOAP (package pytorch-optimizer)
+trains the initial network with Adam's schedule and points for at least the whole pipeline's time
+("soap"), and SciPy's BFGS continues the Adam + L-BFGS network for ILSR's time on networks of at
+most ``pinnlsr.train.BFGS_MAX_PARAMS`` parameters ("bfgs_long"); a baseline that cannot run is
+listed as skipped, with the reason (see ``pinnlsr.compare``). Writes, under --out:
 
 - ``benchmark_pinns.md``: the table (relative L2 against the reference, residual, seconds) and,
-  per problem, the ratio best(Adam, Adam+L-BFGS at >= the same time) / ILSR;
+  per problem, the ratio best(gradient-trained baselines) / ILSR;
 - ``benchmark_pinns.json``: every number and every convergence history;
 - ``NAME_convergence.png``: error and residual against iteration and against seconds, all methods;
 - ``NAME/predictions.npz``: every method's final prediction at the reference points, so

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import numpy as np
@@ -97,18 +98,49 @@ def test_cli_compare_quick(tmp_path):
     assert cli_main(["compare", "poisson2d", "--quick", "--out", str(out)]) == 0
     result = json.loads((out / "compare.json").read_text())
     methods = result["methods"]
-    assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long"} <= set(methods)
+    soap = importlib.util.find_spec("pytorch_optimizer") is not None
+    assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long", "bfgs_long"} <= set(methods)
+    assert ("soap" in methods) == soap and set(result["skipped"]) == (set() if soap else {"soap"})
     # the equal-cost baselines ran at least as long as ILSR (wall time from the same start)
-    assert methods["adam_long"]["seconds"] >= methods["ilsr"]["seconds"]
-    assert methods["lbfgs_long"]["seconds"] >= methods["ilsr"]["seconds"]
-    for m in ("adam", "adam_long", "lbfgs_long"):
+    for m in ("adam_long", "lbfgs_long") + (("soap",) if soap else ()):
+        assert methods[m]["seconds"] >= methods["ilsr"]["seconds"], m
+    for m in ("adam", "adam_long", "lbfgs_long", "bfgs_long") + (("soap",) if soap else ()):
         secs = [h["seconds"] for h in methods[m]["history"]]
-        assert secs == sorted(secs) and all(h["rel_l2"] > 0 for h in methods[m]["history"])
+        assert secs == sorted(secs) and all(h["rel_l2"] > 0 for h in methods[m]["history"]), m
+        assert methods[m]["rel_l2"] == methods[m]["history"][-1]["rel_l2"]
+    # the history follows the training (a model probed at its current parameters, not its start)
+    assert len({h["residual"] for h in methods["adam"]["history"]}) > 3
+    # SOAP starts from the initial network, BFGS from the Adam + L-BFGS one
+    if soap:
+        assert methods["soap"]["history"][0] == methods["adam"]["history"][0]
+    assert methods["bfgs_long"]["history"][0]["iteration"] > methods["adam+lbfgs"]["history"][-1]["iteration"]
+    best = min(methods[m]["rel_l2"] for m in methods if m not in ("lsr", "ilsr"))
+    assert result["ratio_baseline_over_ilsr"] == pytest.approx(best / methods["ilsr"]["rel_l2"], rel=1e-12)
     # on this linear problem, one-shot LSR beats Adam from the same start
     assert result["methods"]["lsr"]["rel_l2"] < result["methods"]["adam"]["rel_l2"]
     img = imread(out / "compare.png")
     assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
     assert "| poisson2d |" in (out / "compare.md").read_text()
+
+
+def test_compare_records_the_baselines_it_skips(monkeypatch):
+    """Without SOAP's package and with a network over the BFGS size limit, compare_methods runs the
+    other methods and names the two it skipped, with the reason, in its result and its table."""
+    import sys
+    from dataclasses import replace
+
+    import pinnlsr.compare as compare
+
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # import fails as if not installed
+    monkeypatch.setattr(compare, "BFGS_MAX_PARAMS", 10)
+    settings = replace(compare.QUICK, adam_steps=10, lbfgs_steps=1, ilsr_gn_iters=1, align_iterations=1, rank=20)
+    result = compare.compare_methods(Poisson2D(), settings, seed=0, point_fraction=0.01)
+    assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long"} == set(result["methods"])
+    assert set(result["skipped"]) == {"soap", "bfgs_long"}
+    assert "pip install pytorch-optimizer" in result["skipped"]["soap"]
+    assert f"{result['n_params']} parameters, more than BFGS_MAX_PARAMS = 10" in result["skipped"]["bfgs_long"]
+    text = compare.table([result])
+    assert "| bfgs_long | skipped: " in text and "| soap | skipped: " in text
 
 
 def test_error_by_time_script(tmp_path, capsys):
