@@ -143,13 +143,14 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
         if h.get("window") != window:  # each window's seconds start at 0: make them cumulative
             offset, window = offset + last, h.get("window")
         last = h.seconds
-        extras = {"accepted": h.get("accepted"), **({"window": window} if window is not None else {})}
+        extras = {"accepted": h.get("accepted"), "network_rel_l2": h.get("network_rel_l2"),
+                  **({"window": window} if window is not None else {})}
         ih.append(HistoryEntry(n_adam + n_lbfgs + len(ih), base + offset + h.seconds, residual=h.residual,
                                errors={"rel_l2": h.rel_l2}, extras=extras).to_json())
     best = res.history[res.best_iteration]
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
                               "residual": best.residual, "seconds": base + ilsr_s, "history": ih,
-                              "best_iteration": res.best_iteration}
+                              "best_iteration": res.best_iteration, "best_state": res.diagnostics.get("best_state")}
     keep("ilsr", res.model)
     # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning
     # rate) for the time L-BFGS + ILSR took, and L-BFGS (from the L-BFGS state) for ILSR's time.

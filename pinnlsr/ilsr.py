@@ -360,6 +360,7 @@ def iterative_lsr(
 
     model_out = _best_model(net, spec, best)
     diag = {"outer_iterations": len(history) - 1, "best_iteration": best["iteration"],
+            "best_state": "network" if best["V"] is None else "predictor",
             "validation_residual": best["validation_residual"],
             "seconds": (history[-1].seconds if history else 0.0), "backends": backends}
     if compute_errors:

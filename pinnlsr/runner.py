@@ -227,7 +227,8 @@ def ilsr_stage(run: Run) -> StageRecord | None:
     errors = model_errors(problem, res.model, run.dtype, run.device)  # every metric, as the lsr stage has
     keys = HISTORY_KEYS + ("accepted", "network_rel_l2") + (("window",) if windows else ())
     extras = {"rank": best.get("rank"), "validation_residual": res.diagnostics["validation_residual"],
-              "best_iteration": res.best_iteration, "backends": res.diagnostics["backends"].get("gauss_newton", {}),
+              "best_iteration": res.best_iteration, "best_state": res.diagnostics["best_state"],
+              "backends": res.diagnostics["backends"].get("gauss_newton", {}),
               "alignment_backends": res.diagnostics["backends"].get("alignment", {}),
               "history": [h.to_json(keys) for h in res.history]}
     if windows:

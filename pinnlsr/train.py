@@ -335,9 +335,7 @@ def train_bfgs(
         bar.update(1)
         lv = float(intermediate_result.fun)
         if done % log_every == 0 or done == iterations:
-            hist.step.append(done - 1)
-            hist.loss.append(lv)
-            hist.seconds.append(time.perf_counter() - start)
+            hist.entries.append(HistoryEntry(done - 1, seconds=time.perf_counter() - start, loss=lv))
             bar.set_postfix(loss=f"{lv:.3e}")
             if callback:
                 spec.assign(model, torch.from_numpy(intermediate_result.x).to(like))
@@ -356,9 +354,7 @@ def train_bfgs(
             break
     bar.close()
     if done and (not hist.step or hist.step[-1] != done - 1):  # the last iteration, with the best loss
-        hist.step.append(done - 1)
-        hist.loss.append(best["loss"])
-        hist.seconds.append(time.perf_counter() - start)
+        hist.entries.append(HistoryEntry(done - 1, seconds=time.perf_counter() - start, loss=best["loss"]))
     spec.assign(model, best["theta"])
     if hist.diverged:
         print(f"bfgs: the loss was non-finite at some trial point; kept the best state (loss {hist.best_loss:.3e})",
