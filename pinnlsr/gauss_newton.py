@@ -274,9 +274,10 @@ def tangent_gauss_newton(
     train_values, val_values = JetLoss(rows, lin, z), JetLoss(val_rows, lin, z)
     backends: dict[str, str] = {}
 
-    def record(it: int, f_norm: float, **extra) -> HistoryEntry:
-        with torch.no_grad():
-            val = _norm(val_values.values(z))
+    def record(it: int, f_norm: float, val: float | None = None, **extra) -> HistoryEntry:
+        if val is None:  # not measured by the damping search
+            with torch.no_grad():
+                val = _norm(val_values.values(z))
         errors = {}
         if compute_errors:
             lin.z.data.copy_(z)
@@ -325,7 +326,7 @@ def tangent_gauss_newton(
             break
         rho = gain_ratio(f_norm, trial.norm, trial.linearized)
         z, f, decrease, f_norm = z + trial.delta, trial.payload, f_norm - trial.norm, trial.norm
-        rec = record(it, f_norm, linearized_residual=trial.linearized, damping=trial.mu,
+        rec = record(it, f_norm, trial.score, linearized_residual=trial.linearized, damping=trial.mu,
                      step_norm=_norm(trial.delta), gain_ratio=rho, tries=tries, rejected=refused)
         history.append(rec)
         if callback:
