@@ -162,6 +162,16 @@ class ValidationStop:
         return converged, where & ~converged & (self.stall >= self.patience)
 
 
+def _check_first_step(step: DampedLeastSquares, n_rows: int, r: int, rcond: float | None) -> None:
+    """Refuse a first-step factorization made for other rows, another rank or another rcond."""
+    if step.batched or step.shape != (n_rows, r):
+        raise ValueError(f"first_step factorizes a system of shape {step.shape}, this run's is ({n_rows}, {r}): "
+                         "pass the factorization of an LSR on the same points and basis, or None")
+    if rcond is not None and step.rcond != rcond:
+        raise ValueError(f"first_step was made with rcond={step.rcond:g}, this run uses rcond={rcond:g}: "
+                         "use the same rcond, or first_step=None")
+
+
 def draw_validation_points(problem: PDEProblem, seed: int, dtype, device,
                            counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Fresh points from the problem's samplers with a generator independent of the training
@@ -199,6 +209,7 @@ def tangent_gauss_newton(
     callback: Callable[[HistoryEntry], None] | None = None,
     jacobian: str = "shifted",
     jacobian_mode: str = "auto",
+    first_step: DampedLeastSquares | None = None,
 ) -> GaussNewtonResult:
     """Levenberg–Marquardt in the coefficients z of the refined predictor around ``model``.
 
@@ -228,6 +239,10 @@ def tangent_gauss_newton(
             (``vmap(jacrev)`` in z through the predictor's JVP; slower, kept as the oracle).
         jacobian_mode: backend of the shifted network's rows and of the basis sketch ("auto":
             jets where they apply; see :mod:`pinnlsr.linearize`); ``diagnostics`` records them.
+        first_step: the factorization of [A | -f] at the starting z on these ``points`` and this
+            ``basis`` with this ``rcond`` (``lsr(...).solution.factorization`` of a one-shot LSR
+            from the same network): the first iteration takes its steps from it instead of forming
+            and factorizing A again.
 
     Each step reduces [A | f] to its R factor (Householder QR) and takes the SVD of the r×r R11,
     so damped trial steps and their linearized residuals cost O(r²) each.
@@ -270,6 +285,8 @@ def tangent_gauss_newton(
     lin = LinearizedModel(net, basis.V, z)
     rows = residual_rows(problem, lin, points)
     val_rows = residual_rows(validation or problem, lin, validation_points)
+    if first_step is not None:
+        _check_first_step(first_step, rows.n_rows, r, rcond)
     # residual values of the predictor by jets where they apply (one jet pass and one jvp)
     train_values, val_values = JetLoss(rows, lin, z), JetLoss(val_rows, lin, z)
     backends: dict[str, str] = {}
@@ -299,7 +316,9 @@ def tangent_gauss_newton(
     for it in range(1, max_iters + 1):
         with no_tf32():
             lin.z.data.copy_(z)
-            if jacobian == "shifted" and not fits_dense(f.numel(), r + 1, f.element_size(), memory_budget, device):
+            if it == 1 and first_step is not None:
+                step = first_step
+            elif jacobian == "shifted" and not fits_dense(f.numel(), r + 1, f.element_size(), memory_budget, device):
                 r_aug = shifted_r_factor(problem, lin, points, memory_budget, jacobian_mode, backends)
                 step = DampedLeastSquares.from_factor(r_aug, f.numel(), rcond)  # A never formed
             else:

@@ -195,17 +195,23 @@ def gauss_newton_stage(run: Run) -> StageRecord | None:
     args = run.args
     if args.gn_iters <= 0:
         return None
+    # The one-shot LSR linearized the same network on the same points and basis: its factorization
+    # is Gauss–Newton's first one (the svd solver without a Tikhonov term keeps it).
+    one_shot = getattr(run.state, "lsr", None)
+    reuse = {} if one_shot is None or one_shot.solution.factorization is None else \
+        {"basis": one_shot.basis, "first_step": one_shot.solution.factorization}
     gn = tangent_gauss_newton(run.state.problem, run.state.model, points=run.state.points, rank=args.rank,
                               subspace=args.subspace, oversampling=args.oversampling,
                               power_iterations=args.power_iterations, max_iters=args.gn_iters, damping=args.gn_damping,
                               rcond=args.rcond, seed=args.seed, dtype=run.dtype, device=run.device,
-                              memory_budget=run.state.memory_budget)
+                              memory_budget=run.state.memory_budget, **reuse)
     best = gn.history[gn.best_iteration]
     run.state.refined["gauss_newton"] = gn.model
     evaluation = Evaluation(gn.diagnostics["after"].errors, best.residual)
     return StageRecord("gauss_newton", gn.diagnostics["seconds"], evaluation, {
         "rank": gn.basis.rank, "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
-        "backends": gn.diagnostics["jacobian_backends"], "history": [h.to_json(HISTORY_KEYS) for h in gn.history]})
+        "backends": gn.diagnostics["jacobian_backends"], "first_step": "lsr" if reuse else "factorized",
+        "history": [h.to_json(HISTORY_KEYS) for h in gn.history]})
 
 
 def ilsr_stage(run: Run) -> StageRecord | None:

@@ -22,6 +22,9 @@ class LeastSquaresSolution:
     rank_used: int  # number of singular values kept (SVD) or columns (QR)
     singular_values: torch.Tensor | None  # (min(n, r),) of A, descending, when computed
     method: str
+    #: the SVD the solution came from (svd solver without a Tikhonov term): a Levenberg–Marquardt
+    #: loop at the same point can take its first step from it instead of factorizing again
+    factorization: "DampedLeastSquares | None" = None
 
 
 @contextlib.contextmanager
@@ -296,7 +299,8 @@ def solve_svd(a: torch.Tensor, b: torch.Tensor, rcond: float | None = None,
     with no_tf32():
         z = dls.solve(tikhonov**2)
         res = dls.residual_norm(z)
-    return LeastSquaresSolution(z, res, dls.cond, dls.rank_used, dls.singular_values, "svd")
+    return LeastSquaresSolution(z, res, dls.cond, dls.rank_used, dls.singular_values, "svd",
+                                dls if tikhonov == 0 else None)
 
 
 def solve_qr(a: torch.Tensor, b: torch.Tensor, tikhonov: float = 0.0) -> LeastSquaresSolution:

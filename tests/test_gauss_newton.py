@@ -161,3 +161,37 @@ def test_a_budget_below_the_dense_step_streams_its_r_factor():
         assert a["residual"] == pytest.approx(b["residual"], rel=1e-9)
     torch.testing.assert_close(streamed.z, dense.z, rtol=0, atol=1e-8 * float(dense.z.abs().max()))
 
+
+
+def test_first_step_from_the_lsr_factorization_is_the_run_that_factorizes_itself(monkeypatch):
+    """The one-shot LSR's factorization of [G V | -f0] is Gauss–Newton's first: passing it gives the
+    same run, to rounding, with one Jacobian fewer."""
+    import pinnlsr.gauss_newton as gn_module
+
+    problem, model, points = small_burgers()
+    one_shot = lsr(problem, model, points=points, rank=20, seed=0, compute_errors=False)
+    kwargs = dict(points=points, basis=one_shot.basis, max_iters=3, patience=10, compute_errors=False)
+    own = tangent_gauss_newton(problem, model, **kwargs)
+    calls = []
+    real = gn_module.shifted_jacobian
+    monkeypatch.setattr(gn_module, "shifted_jacobian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused = tangent_gauss_newton(problem, model, first_step=one_shot.solution.factorization, **kwargs)
+    assert len(reused.history) == len(own.history) == 4
+    assert len(calls) == len(reused.history) - 2  # every iteration but the first formed its A
+    for a, b in zip(reused.history, own.history):
+        assert a["residual"] == pytest.approx(b["residual"], rel=1e-9)
+    torch.testing.assert_close(reused.z, own.z, rtol=0, atol=1e-8 * float(own.z.abs().max()))
+
+
+def test_a_first_step_for_other_rows_or_rcond_is_refused():
+    problem, model, points = small_burgers()
+    one_shot = lsr(problem, model, points=points, rank=20, seed=0, compute_errors=False)
+    step = one_shot.solution.factorization
+    fewer = {k: v[:-2] for k, v in points.items()}
+    with pytest.raises(ValueError, match="first_step factorizes a system of shape"):
+        tangent_gauss_newton(problem, model, points=fewer, basis=one_shot.basis, first_step=step, max_iters=1)
+    with pytest.raises(ValueError, match="first_step was made with rcond"):
+        tangent_gauss_newton(problem, model, points=points, basis=one_shot.basis, first_step=step, rcond=1e-8,
+                             max_iters=1)
+    assert lsr(problem, model, points=points, rank=20, tikhonov=1e-3,
+               compute_errors=False).solution.factorization is None  # a filtered solve is no LM factorization

@@ -62,6 +62,7 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     assert runner.main(Poisson2D, argv + ["--out", str(tmp_path / "b")]) == 0
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert [s["name"] for s in a["stages"]] == ["adam", "lsr", "gauss_newton"]
+    assert a["stages"][2]["first_step"] == "lsr"  # Gauss–Newton started from the LSR's factorization
     assert a == b
 
 
