@@ -27,7 +27,7 @@ from .marching import refine_from_points
 from .metrics import model_errors, predict, reference_on
 from .models import ParamSpec
 from .records import HistoryEntry
-from .settings import RunSettings, last_window_options
+from .settings import RunSettings, final_options, last_window_options
 from .train import BFGS_MAX_PARAMS, soap_optimizer, train_adam, train_bfgs, train_lbfgs
 
 FULL = RunSettings(adam_steps=5000, lbfgs_steps=500, lr=3e-3, final_lr=1e-4, ilsr_outer=8, ilsr_gn_iters=10,
@@ -134,7 +134,7 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     keep("lsr", r.model)
     t = time.perf_counter()
     res = refine_from_points(problem, model, points, time_windows=s.time_windows, last_window=last_window_options(s),
-                             outer_iterations=s.ilsr_outer, gn_iterations=s.ilsr_gn_iters, damping=s.gn_damping,
+                             final=final_options(s), outer_iterations=s.ilsr_outer, gn_iterations=s.ilsr_gn_iters, damping=s.gn_damping,
                              align_iterations=s.align_iterations, dtau=s.dtau, warm_start=s.align_warm_start,
                              **subspace)
     ilsr_s = time.perf_counter() - t

@@ -13,6 +13,13 @@ One outer iteration k:
    predictor has a non-finite or worse validation residual than the best by ``reject_factor`` is
    rejected: the network returns to the best state.
 
+With ``final_gn_iterations`` > 0 a final refinement follows the outer iterations: one tangent
+Gauss–Newton from the current network in a larger subspace (``final_rank``; by default the whole
+parameter space of a small network) on more points (``final_counts``), with no alignment after it.
+The aligned network cannot follow a predictor much below its own accuracy (its parameters would
+have to move far along directions of small singular values); the predictor in a larger tangent
+space can, provided there are enough points to pin it down: the final step spends the cost there.
+
 Validation points are drawn once, independently of the collocation points, so residuals of all
 iterations are comparable. Every outer iteration is recorded in ``history`` (residual, linearized
 residual, validation residual, error against the reference, rank, seconds) and, with
@@ -36,7 +43,7 @@ from torch import nn
 
 from .checkpoint import save_state_dict
 from .gauss_newton import draw_validation_points, tangent_gauss_newton
-from .lsr import prepare_model, _resolve_device
+from .lsr import FULL_SPACE_MAX_PARAMS, prepare_model, _resolve_device
 from .metrics import model_errors
 from .models import LinearizedModel, ParamSpec
 from .problem import PDEProblem, Term
@@ -194,6 +201,9 @@ def iterative_lsr(
     warm_start: bool = False,
     reject_factor: float = 1.0,
     patience: int | None = None,
+    final_gn_iterations: int = 0,
+    final_rank: int | None = None,
+    final_counts: dict[str, int] | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
@@ -223,6 +233,12 @@ def iterative_lsr(
         reject_factor: an outer iteration is rejected when its validation residual exceeds
             reject_factor × the best one (or is not finite); the network goes back to the best state.
         patience: stop after this many outer iterations without a new best (None: never early).
+        final_gn_iterations: Jacobians of the final refinement (0: none; see the module
+            docstring), with rank ``final_rank`` (None: the whole parameter space up to
+            :data:`pinnlsr.lsr.FULL_SPACE_MAX_PARAMS` parameters, else ``rank``) on
+            ``final_counts`` points per term (None: as many as the outer iterations), drawn as
+            ``resample`` says from the current network. It is recorded as one more history entry
+            with ``final`` True; a run that finished with it does not resume further.
         checkpoint: file written atomically after every outer iteration; with ``resume`` and an
             existing file the run starts from it, if it was written with the same settings (see
             :func:`history_settings`; a ValueError names the differences otherwise). Without
@@ -257,7 +273,10 @@ def iterative_lsr(
         oversampling=oversampling, power_iterations=power_iterations, resample=resample,
         adaptive_fraction=adaptive_fraction, gn_iterations=gn_iterations, gn_patience=gn_patience, damping=damping,
         rcond=rcond, align_iterations=align_iterations, dtau=dtau, warm_start=warm_start,
-        reject_factor=reject_factor, patience=patience)
+        reject_factor=reject_factor, patience=patience,
+        **({"final_gn_iterations": final_gn_iterations, "final_rank": final_rank,
+            "final_counts": dict(sorted(final_counts.items())) if final_counts else None}
+           if final_gn_iterations > 0 else {}))
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None:
         for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a write killed midway
@@ -296,7 +315,8 @@ def iterative_lsr(
     # Validation residual of the current network: that of the last accepted alignment.
     network_val = next(r["network_validation_residual"] for r in reversed(history) if r["accepted"])
     backends: dict[str, dict] = {}  # the path of each term in the last Gauss–Newton and alignment
-    for k in range(start_iter, outer_iterations + 1):
+    finished = any(rec.get("final") for rec in history)
+    for k in range(start_iter, 0 if finished else outer_iterations + 1):
         if patience is not None and _since_best(history) >= patience:
             break
         t_iter = time.perf_counter()
@@ -352,6 +372,43 @@ def iterative_lsr(
         extras["seconds_iteration"] = time.perf_counter() - t_iter
         elapsed = (history[-1].seconds if history else 0.0) + extras["seconds_iteration"]
         rec = HistoryEntry(k, elapsed, residual=gn_best.residual, errors=errors, extras=extras)
+        history.append(rec)
+        if path is not None:
+            _checkpoint(path, net, generator, points, history, best, k + 1, settings)
+        if callback:
+            callback(rec)
+
+    if final_gn_iterations > 0 and not finished:
+        k = history[-1].iteration + 1
+        t_iter = time.perf_counter()
+        final_counts = {**counts, **(final_counts or {})}
+        if resample == "adaptive":
+            points = adaptive_points(problem, net, generator, dtype, device, final_counts, adaptive_fraction)
+        else:
+            points = problem.sample_points(generator, dtype, device, final_counts)
+        m = spec.numel
+        whole = final_rank is None and m <= FULL_SPACE_MAX_PARAMS
+        gn = tangent_gauss_newton(
+            problem, net, points=points, validation_points=validation_points,
+            rank=None if whole else (final_rank or rank), subspace="full" if whole else subspace,
+            oversampling=oversampling, power_iterations=power_iterations, max_iters=final_gn_iterations,
+            patience=gn_patience, damping=damping, rcond=rcond, generator=generator, dtype=dtype, device=device,
+            memory_budget=memory_budget, compute_errors=False)
+        backends["final"] = gn.diagnostics["jacobian_backends"]
+        pred_val = gn.diagnostics["after"].validation
+        lin = gn.model
+        if math.isfinite(pred_val) and pred_val < best["validation_residual"]:
+            best = {"iteration": k, "theta": lin.theta0.clone(), "V": lin.basis.clone(),
+                    "z": lin.z.detach().clone(), "validation_residual": pred_val}
+        extras = {"final": True, "accepted": True, "validation_residual": pred_val,
+                  "network_validation_residual": network_val, "rank": gn.basis.rank,
+                  "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
+                  "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
+                  "points": {name: int(v.shape[0]) for name, v in points.items()},
+                  "best_iteration": best["iteration"], "seconds_iteration": time.perf_counter() - t_iter}
+        errors = model_errors(problem, lin, dtype, device) if compute_errors else {}
+        rec = HistoryEntry(k, history[-1].seconds + extras["seconds_iteration"],
+                           residual=gn.history[gn.best_iteration].residual, errors=errors, extras=extras)
         history.append(rec)
         if path is not None:
             _checkpoint(path, net, generator, points, history, best, k + 1, settings)

@@ -146,12 +146,18 @@ def time_marching_lsr(problem: PDEProblem, model: nn.Module, windows, *, counts:
 
 
 def refine_from_points(problem: PDEProblem, model: nn.Module, points: dict[str, torch.Tensor], *,
-                       time_windows=None, last_window: dict | None = None,
+                       time_windows=None, last_window: dict | None = None, final: dict | None = None,
                        out_dir: str | os.PathLike | None = None, **ilsr_kwargs) -> ILSRResult:
     """Iterative LSR of ``model`` starting from ``points`` ({term: (n, d)}), or, with
     ``time_windows``, time marching with as many points per term in every window (``last_window``:
-    the last window's own settings, see :func:`time_marching_lsr`). With ``out_dir`` it checkpoints
-    there (``ilsr.pt``, or ``ilsr_window{k}.pt`` per window) and resumes."""
+    the last window's own settings, see :func:`time_marching_lsr`). ``final`` (the ``final_*``
+    options of :func:`~pinnlsr.ilsr.iterative_lsr`) sets the final refinement, of the last window
+    when marching. With ``out_dir`` it checkpoints there (``ilsr.pt``, or ``ilsr_window{k}.pt``
+    per window) and resumes."""
+    if time_windows and final:
+        last_window = {**(last_window or {}), **final}
+    elif final:
+        ilsr_kwargs.update(final)
     if time_windows:
         counts = {k: int(v.shape[0]) for k, v in points.items()}
         return time_marching_lsr(problem, model, time_windows, counts=counts, checkpoint_dir=out_dir,

@@ -34,7 +34,7 @@ from .records import Evaluation, HistoryEntry, StageRecord
 from .report import history_rows, rebuild_report, summary_markdown, write_history_csv, write_predictions
 from .residual import check_model
 from .settings import (DTYPES, Parser, RunSettings, device_and_dtype,  # noqa: F401
-                       last_window_options, parse_counts, resolve_device, settings_parser)
+                       final_options, last_window_options, parse_counts, resolve_device, settings_parser)
 from .train import train_adam, train_lbfgs
 
 
@@ -123,6 +123,7 @@ def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype:
     if args.time_windows:
         check_windows(problem, args.time_windows)
     last_window_options(args)
+    final_options(args)
     try:
         resolve_subspace(ParamSpec.of(model).numel, args.rank, args.subspace)
     except ValueError as e:
@@ -188,6 +189,8 @@ def lsr_stage(run: Run) -> StageRecord:
 
 #: the per-iteration quantities a Gauss–Newton or ILSR stage keeps in metrics.json
 HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
+#: and per ILSR outer iteration (``final``: the final refinement's record, see --final-gn-iters)
+ILSR_HISTORY_KEYS = ("accepted", "network_rel_l2", "final")
 
 
 def gauss_newton_stage(run: Run) -> StageRecord | None:
@@ -227,11 +230,12 @@ def ilsr_stage(run: Run) -> StageRecord | None:
                    memory_budget=run.state.memory_budget, resume=bool(getattr(args, "resume", False)))
     windows = getattr(args, "time_windows", None)
     res = refine_from_points(problem, run.state.model, run.state.points, time_windows=windows,
-                             last_window=last_window_options(args), out_dir=args.out, **options)
+                             last_window=last_window_options(args), final=final_options(args), out_dir=args.out,
+                             **options)
     best = res.history[res.best_iteration]
     run.state.refined["ilsr"] = res.model
     errors = model_errors(problem, res.model, run.dtype, run.device)  # every metric, as the lsr stage has
-    keys = HISTORY_KEYS + ("accepted", "network_rel_l2") + (("window",) if windows else ())
+    keys = HISTORY_KEYS + ILSR_HISTORY_KEYS + (("window",) if windows else ())
     extras = {"rank": best.get("rank"), "validation_residual": res.diagnostics["validation_residual"],
               "best_iteration": res.best_iteration, "best_state": res.diagnostics["best_state"],
               "backends": res.diagnostics["backends"].get("gauss_newton", {}),

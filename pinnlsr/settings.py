@@ -128,6 +128,13 @@ class RunSettings:
                                                   "--ilsr-outer)", int)
     last_window_points: dict | None = setting(None, "points per term of the last time window (default: as "
                                                     "--points)", "counts")
+    final_gn_iters: int = setting(0, "Gauss–Newton iterations of the ILSR's final refinement in a larger "
+                                     "subspace on more points, after its outer iterations (of the last time "
+                                     "window; 0: none)", int)
+    final_rank: int | None = setting(None, "rank of the final refinement (default: the whole parameter space of "
+                                           "a network up to 6,000 parameters, else --rank)", int)
+    final_points: dict | None = setting(None, "points per term of the final refinement (default: as --points)",
+                                        "counts")
 
     @classmethod
     def of(cls, values) -> "RunSettings":
@@ -247,6 +254,22 @@ def parse_counts(items: list[str], option: str = "--points") -> dict[str, int]:
             raise ValueError(f"{option} names term {name!r} twice; give each term once")
         counts[name] = int(value)
     return counts
+
+
+def final_options(settings) -> dict | None:
+    """The ILSR final refinement's options (see :func:`~pinnlsr.ilsr.iterative_lsr`) from
+    ``final_gn_iters``, ``final_rank`` and ``final_points`` ({term: n} or ["TERM=N", ...]) of
+    ``settings`` (parsed CLI arguments, :class:`RunSettings` or a dict); None without a final one."""
+    get = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key, None)
+    iterations = get("final_gn_iters") or 0
+    points = get("final_points") or {}
+    counts = dict(points) if isinstance(points, dict) else parse_counts(points, "--final-points")
+    if iterations <= 0:
+        if get("final_rank") is not None or counts:
+            raise ValueError("final_rank/final_points set the ILSR's final refinement: give it iterations "
+                             "(final_gn_iters, on the command line --final-gn-iters N)")
+        return None
+    return {"final_gn_iterations": int(iterations), "final_rank": get("final_rank"), "final_counts": counts or None}
 
 
 def last_window_options(settings) -> dict | None:

@@ -137,6 +137,8 @@ CLI_CASES = [
     ("checkpoint-nan", poisson, ["--checkpoint", "{nan.pt}"], "NaN or Inf"),
     ("windows-no-time", poisson, ["--time-windows", "0.5", "1"], "TimeDomain"),
     ("last-window-no-windows", poisson, ["--last-window-outer", "2"], "need time_windows"),
+    ("final-rank-no-iterations", poisson, ["--final-rank", "20"], "give it iterations"),
+    ("final-points-bad", poisson, ["--final-gn-iters", "1", "--final-points", "pde=x"], "--final-points expects"),
     ("subspace-rank", poisson, ["--subspace", "randomized"], "--rank R"),
     ("cli-unknown-problem", cli.main, ["run", "no_such_problem"], "unknown problem"),
     ("cli-unknown-command", cli.main, ["bogus"], "invalid choice"),

@@ -121,3 +121,41 @@ def test_warm_start_moves_the_alignment_start_to_the_step_when_that_fits_better(
         assert torch.allclose(spec.flatten(net), lin.theta0 + s * delta)
         if expected is not None:  # linear in θ: the step reproduces the predictor exactly
             assert s == expected and after < 1e-12 * before
+
+
+def test_final_refinement_runs_in_the_whole_space_on_its_own_points_and_resumes_finished(tmp_path):
+    """After the outer iterations one Gauss–Newton run from the current network in the whole
+    parameter space on more points: one more history record, the best state when its validation
+    residual is the lowest (on a linear PDE the whole space is far better than rank 10); a finished
+    run does not run it again."""
+    from oracles import TinyPoisson, tiny_mlp
+
+    problem, model = TinyPoisson(n_pde=60, n_bc=20), tiny_mlp(widths=(8, 8))
+    m = ParamSpec.of(model).numel
+    final = dict(final_gn_iterations=2, final_counts={"pde": 150})
+    path = tmp_path / "ilsr.pt"
+    res = iterative_lsr(problem, model, outer_iterations=1, rank=10, checkpoint=path, **final, **SETTINGS)
+    assert [r.get("final", False) for r in res.history] == [False, False, True]
+    last = res.history[-1]
+    assert last["rank"] == m and last["points"] == {"pde": 150, "bc": 20}
+    assert 1 <= last["gn_iterations"] <= 2
+    assert last["validation_residual"] < 0.1 * res.history[1]["validation_residual"]
+    best = min(min(r["validation_residual"], r["network_validation_residual"]) for r in res.history)
+    assert res.diagnostics["validation_residual"] == best == last["validation_residual"]
+    assert res.best_iteration == 2 and res.diagnostics["best_state"] == "predictor"
+    assert res.model.basis.shape == (m, m)  # the final predictor spans the whole space
+    # no alignment after the final step: the network is the one the outer iteration aligned
+    assert last["network_validation_residual"] == res.history[1]["network_validation_residual"]
+    again = iterative_lsr(problem, model, outer_iterations=1, rank=10, checkpoint=path, **final, **SETTINGS)
+    assert _strip(again.history) == _strip(res.history)
+    with pytest.raises(ValueError, match="other settings"):
+        iterative_lsr(problem, model, outer_iterations=1, rank=10, checkpoint=path, final_gn_iterations=3,
+                      **SETTINGS)
+
+
+def test_final_refinement_at_a_given_rank():
+    problem, model = tiny_burgers()
+    res = iterative_lsr(problem, model, outer_iterations=1, rank=10, final_gn_iterations=1, final_rank=20,
+                        **SETTINGS)
+    assert res.history[-1]["final"] and res.history[-1]["rank"] == 20
+    assert res.history[-1]["points"] == {"pde": 48, "bc": 12, "ic": 12}

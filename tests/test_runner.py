@@ -44,3 +44,19 @@ def test_a_tiny_run_writes_the_contract(tmp_path):
     assert saved["stages"][1]["residual"] < saved["stages"][0]["residual"]
     assert metrics["stages"][-1]["rel_l2"] == saved["stages"][-1]["rel_l2"]
     assert (tmp_path / "config.json").is_file()
+
+
+def test_final_refinement_from_the_command_line(tmp_path):
+    """--final-gn-iters adds the final refinement (whole space, --final-points) to the ilsr stage:
+    its record is the last of the stage's history, marked final."""
+    problem = Poisson2D()
+    args = runner.build_parser(problem).parse_args(
+        ["--adam-steps", "20", "--points", "pde=60", "bc=24", "--rank", "20", "--ilsr-outer", "1",
+         "--ilsr-gn-iters", "1", "--align-iterations", "2", "--final-gn-iters", "1", "--final-points", "pde=200",
+         "--quiet", "--no-plot", "--out", str(tmp_path)])
+    runner.run(problem, args)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    ilsr = saved["stages"][-1]
+    assert ilsr["name"] == "ilsr" and [h["final"] for h in ilsr["history"]] == [None, None, True]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["final_gn_iters"] == 1 and config["final_points"] == ["pde=200"]
