@@ -75,10 +75,11 @@ PROBLEM = AllenCahn1D
 # grows along t), so Iterative LSR marches over the time windows [0, 0.25], ..., [0, 1] (one outer
 # iteration each, warm-started alignment). The early windows (rank 1000 of the 8,641 parameters, the
 # pretraining points) only keep the network on the right trajectory; the last one sets the accuracy,
-# so it gets rank 2000 and three times the points.
+# so it gets rank 2000 and three times the points, then the final refinement at rank 3000 on twice those.
 DEFAULTS = RunSettings(adam_steps=3000, lbfgs_steps=200, lr=3e-3, final_lr=1e-4, rank=1000, ilsr_outer=1,
                        time_windows=(0.25, 0.5, 0.75, 1.0), align_iterations=30, align_warm_start=True,
-                       last_window_rank=2000, last_window_points={"pde": 12000, "ic": 800})
+                       last_window_rank=2000, last_window_points={"pde": 12000, "ic": 800},
+                       final_gn_iters=2, final_rank=3000, final_points={"pde": 24000, "ic": 1600})
 
 if __name__ == "__main__":
     raise SystemExit(main(AllenCahn1D, defaults=DEFAULTS))
