@@ -236,8 +236,8 @@ def iterative_lsr(
         final_gn_iterations: Jacobians of the final refinement (0: none; see the module
             docstring), with rank ``final_rank`` (None: the whole parameter space up to
             :data:`pinnlsr.lsr.FULL_SPACE_MAX_PARAMS` parameters, else ``rank``) on
-            ``final_counts`` points per term (None: as many as the outer iterations), drawn as
-            ``resample`` says from the current network. It is recorded as one more history entry
+            ``final_counts`` points per term (None: as many as the outer iterations), drawn from
+            the current network by RAD when ``resample`` is "adaptive", else uniformly. It is recorded as one more history entry
             with ``final`` True; a run that finished with it does not resume further.
         checkpoint: file written atomically after every outer iteration; with ``resume`` and an
             existing file the run starts from it, if it was written with the same settings (see
@@ -260,6 +260,7 @@ def iterative_lsr(
     else:
         points = {k: torch.as_tensor(v).to(dtype=dtype, device=device) for k, v in points.items()}
     counts = {k: int(v.shape[0]) for k, v in points.items()}
+    _check_final(final_gn_iterations, final_rank, final_counts, spec.numel, counts)
     if validation_points is None:
         validation_points = draw_validation_points(problem, seed, dtype, device, counts)
     else:
@@ -423,6 +424,22 @@ def iterative_lsr(
     if compute_errors:
         diag.update(model_errors(problem, model_out, dtype, device))
     return ILSRResult(model_out, net, history, best["iteration"], diag)
+
+
+def _check_final(iterations: int, rank: int | None, counts: dict[str, int] | None, n_params: int,
+                 terms: dict[str, int]) -> None:
+    """Refuse final-refinement options that cannot run, naming the fix."""
+    if iterations < 0:
+        raise ValueError(f"final_gn_iterations must be >= 0 (0: no final refinement), got {iterations}")
+    if rank is not None and not 1 <= rank <= n_params:
+        raise ValueError(f"final_rank must be between 1 and the network's {n_params} parameters, got {rank}: "
+                         "lower it, or leave it None for the whole space of a small network")
+    unknown = sorted(set(counts or {}) - set(terms))
+    if unknown:
+        raise ValueError(f"final_counts names terms {unknown} the problem does not sample; its terms are "
+                         f"{sorted(terms)}")
+    if any(int(n) < 1 for n in (counts or {}).values()):
+        raise ValueError(f"final_counts must give every term at least 1 point, got {counts}")
 
 
 def _warm_start(align_problem: PDEProblem, net: nn.Module, points, delta: torch.Tensor, spec: ParamSpec,

@@ -159,3 +159,15 @@ def test_final_refinement_at_a_given_rank():
                         **SETTINGS)
     assert res.history[-1]["final"] and res.history[-1]["rank"] == 20
     assert res.history[-1]["points"] == {"pde": 48, "bc": 12, "ic": 12}
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"final_gn_iterations": -1}, "final_gn_iterations must be >= 0"),
+    ({"final_gn_iterations": 1, "final_rank": 10_000}, "final_rank must be between 1 and"),
+    ({"final_gn_iterations": 1, "final_counts": {"pdf": 10}}, "does not sample"),
+    ({"final_gn_iterations": 1, "final_counts": {"pde": 0}}, "at least 1 point"),
+])
+def test_final_refinement_options_that_cannot_run_are_refused(kwargs, fragment):
+    problem, model = tiny_burgers()
+    with pytest.raises(ValueError, match=fragment):
+        iterative_lsr(problem, model, outer_iterations=1, rank=10, **kwargs, **SETTINGS)
