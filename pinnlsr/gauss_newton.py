@@ -242,7 +242,7 @@ def tangent_gauss_newton(
         first_step: the factorization of [A | -f] at the starting z on these ``points`` and this
             ``basis`` with this ``rcond`` (``lsr(...).solution.factorization`` of a one-shot LSR
             from the same network): the first iteration takes its steps from it instead of forming
-            and factorizing A again.
+            and factorizing A again (``jacobian_backends`` then names the later iterations' paths).
 
     Each step reduces [A | f] to its R factor (Householder QR) and takes the SVD of the r×r R11,
     so damped trial steps and their linearized residuals cost O(r²) each.
@@ -364,7 +364,9 @@ def tangent_gauss_newton(
         "best_iteration": best_it,
         "stop_reason": stop,
         "seconds": time.perf_counter() - t_start,
-        "jacobian_backends": backends or {"all": "direct: vmap(jacrev) in z"},
+        # empty when the given first_step was the only factorization: its maker names the paths
+        "jacobian_backends": backends or ({} if first_step is not None and jacobian == "shifted"
+                                          else {"all": "direct: vmap(jacrev) in z"}),
         "value_backends": train_values.backends,
     }
     start, best_rec = history[0], history[best_it]

@@ -213,7 +213,9 @@ def gauss_newton_stage(run: Run) -> StageRecord | None:
     evaluation = Evaluation(gn.diagnostics["after"].errors, best.residual)
     return StageRecord("gauss_newton", gn.diagnostics["seconds"], evaluation, {
         "rank": gn.basis.rank, "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
-        "backends": gn.diagnostics["jacobian_backends"], "first_step": "lsr" if reuse else "factorized",
+        "backends": {**(one_shot.diagnostics["jacobian_backends"] if reuse else {}),
+                     **gn.diagnostics["jacobian_backends"]},
+        "first_step": "lsr" if reuse else "factorized",
         "history": [h.to_json(HISTORY_KEYS) for h in gn.history]})
 
 

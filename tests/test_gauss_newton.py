@@ -181,6 +181,11 @@ def test_first_step_from_the_lsr_factorization_is_the_run_that_factorizes_itself
     for a, b in zip(reused.history, own.history):
         assert a["residual"] == pytest.approx(b["residual"], rel=1e-9)
     torch.testing.assert_close(reused.z, own.z, rtol=0, atol=1e-8 * float(own.z.abs().max()))
+    assert reused.diagnostics["jacobian_backends"] == own.diagnostics["jacobian_backends"]
+    # one iteration formed no Jacobian: no path to name (the LSR that made the factorization names it)
+    single = tangent_gauss_newton(problem, model, first_step=one_shot.solution.factorization,
+                                  **{**kwargs, "max_iters": 1})
+    assert single.diagnostics["jacobian_backends"] == {}
 
 
 def test_a_first_step_for_other_rows_or_rcond_is_refused():
