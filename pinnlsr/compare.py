@@ -134,9 +134,9 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     keep("lsr", r.model)
     t = time.perf_counter()
     res = refine_from_points(problem, model, points, time_windows=s.time_windows, last_window=last_window_options(s),
-                             final=final_options(s), outer_iterations=s.ilsr_outer, gn_iterations=s.ilsr_gn_iters, damping=s.gn_damping,
-                             align_iterations=s.align_iterations, dtau=s.dtau, warm_start=s.align_warm_start,
-                             **subspace)
+                             final=final_options(s), outer_iterations=s.ilsr_outer, gn_iterations=s.ilsr_gn_iters,
+                             damping=s.gn_damping, align_iterations=s.align_iterations, dtau=s.dtau,
+                             warm_start=s.align_warm_start, **subspace)
     ilsr_s = time.perf_counter() - t
     ih, offset, window, last = [], 0.0, None, 0.0
     for h in res.history:

@@ -237,8 +237,9 @@ def iterative_lsr(
             docstring), with rank ``final_rank`` (None: the whole parameter space up to
             :data:`pinnlsr.lsr.FULL_SPACE_MAX_PARAMS` parameters, else ``rank``) on
             ``final_counts`` points per term (None: as many as the outer iterations), drawn from
-            the current network by RAD when ``resample`` is "adaptive", else uniformly. It is recorded as one more history entry
-            with ``final`` True; a run that finished with it does not resume further.
+            the current network by RAD when ``resample`` is "adaptive", else uniformly. It is
+            recorded as one more history entry with ``final`` True; a run that finished with it
+            does not resume further.
         checkpoint: file written atomically after every outer iteration; with ``resume`` and an
             existing file the run starts from it, if it was written with the same settings (see
             :func:`history_settings`; a ValueError names the differences otherwise). Without
@@ -382,11 +383,11 @@ def iterative_lsr(
     if final_gn_iterations > 0 and not finished:
         k = history[-1].iteration + 1
         t_iter = time.perf_counter()
-        final_counts = {**counts, **(final_counts or {})}
+        final_points = {**counts, **(final_counts or {})}
         if resample == "adaptive":
-            points = adaptive_points(problem, net, generator, dtype, device, final_counts, adaptive_fraction)
+            points = adaptive_points(problem, net, generator, dtype, device, final_points, adaptive_fraction)
         else:
-            points = problem.sample_points(generator, dtype, device, final_counts)
+            points = problem.sample_points(generator, dtype, device, final_points)
         m = spec.numel
         whole = final_rank is None and m <= FULL_SPACE_MAX_PARAMS
         gn = tangent_gauss_newton(
