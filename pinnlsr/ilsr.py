@@ -359,9 +359,7 @@ def iterative_lsr(
         # The predictor may become the best state; the aligned network replaces the current one
         # only when its validation residual is finite and not worse than reject_factor times the
         # current network's (a diverging alignment is rejected and the network kept).
-        if math.isfinite(pred_val) and pred_val < best["validation_residual"]:
-            best = {"iteration": k, "theta": lin.theta0.clone(), "V": lin.basis.clone(),
-                    "z": lin.z.detach().clone(), "validation_residual": pred_val}
+        best = _better_predictor(best, k, lin, pred_val)
         accepted = math.isfinite(net_val) and net_val <= reject_factor * network_val
         extras["accepted"] = bool(accepted)
         if accepted:
@@ -399,9 +397,7 @@ def iterative_lsr(
         backends["final"] = gn.diagnostics["jacobian_backends"]
         pred_val = gn.diagnostics["after"].validation
         lin = gn.model
-        if math.isfinite(pred_val) and pred_val < best["validation_residual"]:
-            best = {"iteration": k, "theta": lin.theta0.clone(), "V": lin.basis.clone(),
-                    "z": lin.z.detach().clone(), "validation_residual": pred_val}
+        best = _better_predictor(best, k, lin, pred_val)
         extras = {"final": True, "accepted": True, "validation_residual": pred_val,
                   "network_validation_residual": network_val, "rank": gn.basis.rank,
                   "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
@@ -425,6 +421,15 @@ def iterative_lsr(
     if compute_errors:
         diag.update(model_errors(problem, model_out, dtype, device))
     return ILSRResult(model_out, net, history, best["iteration"], diag)
+
+
+def _better_predictor(best: dict, iteration: int, lin: LinearizedModel, validation: float) -> dict:
+    """The best state: the predictor ``lin`` of ``iteration`` when its validation residual is finite
+    and lower than the best one's, else ``best`` unchanged."""
+    if not (math.isfinite(validation) and validation < best["validation_residual"]):
+        return best
+    return {"iteration": iteration, "theta": lin.theta0.clone(), "V": lin.basis.clone(),
+            "z": lin.z.detach().clone(), "validation_residual": validation}
 
 
 def _check_final(iterations: int, rank: int | None, counts: dict[str, int] | None, n_params: int,
