@@ -75,8 +75,8 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
 
     ``settings`` gives Adam (adam_steps, lr, final_lr: exponential schedule), lbfgs_steps, the LSR
     step (rank, subspace, oversampling, power_iterations, solver, rcond, tikhonov) and the ILSR
-    stage (ilsr_outer, ilsr_gn_iters, gn_damping, align_iterations, dtau, align_warm_start; with
-    time_windows it marches over them, :func:`~pinnlsr.marching.time_marching_lsr`, ilsr_outer per
+    stage (ilsr_outer, ilsr_gn_iters, gn_damping, align_iterations, dtau, align_warm_start,
+    align_accept; with time_windows it marches over them, :func:`~pinnlsr.marching.time_marching_lsr`, ilsr_outer per
     window, and last_window_* set the last one). Points: ``settings.points`` or, with
     ``point_fraction``, that fraction of every term's default count. Network and points in
     ``dtype`` on ``device``. Returns {"problem", "n_params", "n_points", "config", "methods":
@@ -136,7 +136,7 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     res = refine_from_points(problem, model, points, time_windows=s.time_windows, last_window=last_window_options(s),
                              final=final_options(s), outer_iterations=s.ilsr_outer, gn_iterations=s.ilsr_gn_iters,
                              damping=s.gn_damping, align_iterations=s.align_iterations, dtau=s.dtau,
-                             warm_start=s.align_warm_start, **subspace)
+                             warm_start=s.align_warm_start, accept=s.align_accept, **subspace)
     ilsr_s = time.perf_counter() - t
     ih, offset, window, last = [], 0.0, None, 0.0
     for h in res.history:

@@ -9,9 +9,14 @@ One outer iteration k:
 3. align the network to the refined predictor u_lin by L-BFGS on
    ``Σ_t w_t mean|r_t(u)|² + (1/Δτ) mean|u - u_lin|²`` (the problem's own terms stay as weak terms;
    ``dtau=None`` fits u_lin alone);
-4. keep the best state by validation residual. An outer iteration whose aligned network or
-   predictor has a non-finite or worse validation residual than the best by ``reject_factor`` is
-   rejected: the network returns to the best state.
+4. keep the best state (network or predictor) by validation residual. The aligned network
+   replaces the current one when its validation residual is finite and either not worse than
+   ``reject_factor`` × the current network's or, with ``accept="closer"`` (the default), the
+   predictor validates better than the current network and the aligned network is closer to it
+   on the validation points than the current network is. The network is the next linearization
+   point: a fit to a much better predictor brings it nearer the solution even where its own
+   residual (a value fit leaves derivative noise) is not lower yet. A rejected alignment keeps
+   the current network.
 
 With ``final_gn_iterations`` > 0 a final refinement follows the outer iterations: one tangent
 Gauss–Newton from the current network in a larger subspace (``final_rank``; by default the whole
@@ -200,6 +205,7 @@ def iterative_lsr(
     dtau: float | None = 1e-3,
     warm_start: bool = False,
     reject_factor: float = 1.0,
+    accept: str = "closer",
     patience: int | None = None,
     final_gn_iterations: int = 0,
     final_rank: int | None = None,
@@ -230,8 +236,11 @@ def iterative_lsr(
         warm_start: start the alignment from θ0 + s·V z, s in (1, 1/2, 1/4, 0) with the lowest
             alignment loss (the network the step points to agrees with the predictor to second
             order in V z), instead of from θ0 (s = 0, the default).
-        reject_factor: an outer iteration is rejected when its validation residual exceeds
-            reject_factor × the best one (or is not finite); the network goes back to the best state.
+        reject_factor, accept: the aligned network replaces the current one when its validation
+            residual is finite and at most reject_factor × the current network's; with accept
+            "closer" also when the predictor validates better than the current network and the
+            aligned network is closer to it on the validation points ("residual": the first
+            rule only). A rejected alignment keeps the current network.
         patience: stop after this many outer iterations without a new best (None: never early).
         final_gn_iterations: Jacobians of the final refinement (0: none; see the module
             docstring), with rank ``final_rank`` (None: the whole parameter space up to
@@ -253,6 +262,8 @@ def iterative_lsr(
     device = _resolve_device(device)
     if resample not in ("adaptive", "uniform", "none"):
         raise ValueError(f"resample must be 'adaptive', 'uniform' or 'none', got {resample!r}")
+    if accept not in ("closer", "residual"):
+        raise ValueError(f"accept must be 'closer' or 'residual', got {accept!r}")
     net = prepare_model(model, dtype, device)
     spec = ParamSpec.of(net)
     generator = torch.Generator().manual_seed(seed)
@@ -275,7 +286,7 @@ def iterative_lsr(
         oversampling=oversampling, power_iterations=power_iterations, resample=resample,
         adaptive_fraction=adaptive_fraction, gn_iterations=gn_iterations, gn_patience=gn_patience, damping=damping,
         rcond=rcond, align_iterations=align_iterations, dtau=dtau, warm_start=warm_start,
-        reject_factor=reject_factor, patience=patience,
+        reject_factor=reject_factor, accept=accept, patience=patience,
         **({"final_gn_iterations": final_gn_iterations, "final_rank": final_rank,
             "final_counts": dict(sorted(final_counts.items())) if final_counts else None}
            if final_gn_iterations > 0 else {}))
@@ -348,20 +359,22 @@ def iterative_lsr(
             backends["alignment"] = train_lbfgs(align_problem, aligned, align_points, align_iterations,
                                                 progress=False).backends
         net_val = validation_of(aligned)
+        distance_before, distance_after = _distances_to(lin, net, aligned, validation_points)
         extras = {"linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
                   "validation_residual": pred_val, "network_validation_residual": net_val,
                   "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
-                  "align_start_step": start_step}
+                  "align_start_step": start_step, "network_distance": distance_after}
         errors = {}
         if compute_errors:
             errors = model_errors(problem, lin, dtype, device)
             extras.update({f"network_{key}": v for key, v in model_errors(problem, aligned, dtype, device).items()})
         # The predictor may become the best state; the aligned network replaces the current one
-        # only when its validation residual is finite and not worse than reject_factor times the
-        # current network's (a diverging alignment is rejected and the network kept).
+        # by the rules of `accept` (a diverging alignment is rejected and the network kept).
         best = _better_predictor(best, k, lin, pred_val)
-        accepted = math.isfinite(net_val) and net_val <= reject_factor * network_val
-        extras["accepted"] = bool(accepted)
+        extras["accepted_by"] = alignment_verdict(accept, reject_factor, network_val, net_val, pred_val,
+                                                  distance_before, distance_after)
+        accepted = extras["accepted_by"] is not None
+        extras["accepted"] = accepted
         if accepted:
             spec.assign(net, spec.flatten(aligned))
             network_val = net_val
@@ -421,6 +434,33 @@ def iterative_lsr(
     if compute_errors:
         diag.update(model_errors(problem, model_out, dtype, device))
     return ILSRResult(model_out, net, history, best["iteration"], diag)
+
+
+def alignment_verdict(accept: str, reject_factor: float, network_validation: float, aligned_validation: float,
+                      predictor_validation: float, distance_before: float, distance_after: float) -> str | None:
+    """Why an aligned network replaces the current one: "residual" (its validation residual is
+    finite and at most reject_factor × the current network's), "distance" (accept "closer" only:
+    the predictor validates better than the current network and the aligned network is closer to
+    it than the current one), or None (rejected)."""
+    if not math.isfinite(aligned_validation):
+        return None
+    if aligned_validation <= reject_factor * network_validation:
+        return "residual"
+    if accept == "closer" and predictor_validation < network_validation and distance_after < distance_before:
+        return "distance"
+    return None
+
+
+def _distances_to(target: nn.Module, before: nn.Module, after: nn.Module,
+                  points: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Relative L2 distances ‖before − target‖/‖target‖ and ‖after − target‖/‖target‖ of the
+    outputs at all ``points`` (inf where not finite)."""
+    x = torch.cat(list(points.values()))
+    with torch.no_grad():
+        t = target(x)
+        scale = torch.linalg.vector_norm(t).clamp_min(torch.finfo(t.dtype).tiny)
+        out = [float(torch.linalg.vector_norm(m(x) - t) / scale) for m in (before, after)]
+    return tuple(v if math.isfinite(v) else math.inf for v in out)
 
 
 def _better_predictor(best: dict, iteration: int, lin: LinearizedModel, validation: float) -> dict:

@@ -190,7 +190,7 @@ def lsr_stage(run: Run) -> StageRecord:
 #: the per-iteration quantities a Gauss–Newton or ILSR stage keeps in metrics.json
 HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
 #: and per ILSR outer iteration (``final``: the final refinement's record, see --final-gn-iters)
-ILSR_HISTORY_KEYS = ("accepted", "network_rel_l2", "final")
+ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "final")
 
 
 def gauss_newton_stage(run: Run) -> StageRecord | None:
@@ -228,7 +228,7 @@ def ilsr_stage(run: Run) -> StageRecord | None:
                    oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
                    gn_iterations=args.ilsr_gn_iters, damping=args.gn_damping,
                    align_iterations=args.align_iterations, dtau=args.dtau,
-                   warm_start=args.align_warm_start, seed=args.seed, dtype=run.dtype, device=run.device,
+                   warm_start=args.align_warm_start, accept=args.align_accept, seed=args.seed, dtype=run.dtype, device=run.device,
                    memory_budget=run.state.memory_budget, resume=bool(getattr(args, "resume", False)))
     windows = getattr(args, "time_windows", None)
     res = refine_from_points(problem, run.state.model, run.state.points, time_windows=windows,

@@ -119,6 +119,10 @@ class RunSettings:
     dtau: float = setting(1e-3, "pseudo-time step Δτ of the ILSR alignment (weight 1/Δτ on |u - u_lin|²)", float)
     align_warm_start: bool = setting(False, "start each ILSR alignment from θ0 + s·Vz (s in 1, 1/2, 1/4, 0: "
                                             "lowest alignment loss)", bool)
+    align_accept: str = setting("closer", "when an ILSR alignment replaces the network: 'closer' (its validation "
+                                          "residual is not worse, or it is closer to a predictor that validates "
+                                          "better) or 'residual' (only the first)", str,
+                                choices=("closer", "residual"))
     time_windows: tuple | None = setting(None, "march the ILSR stage over windows [t0, T] (increasing, the last "
                                                "= t1), --ilsr-outer iterations each; checkpointed to "
                                                "OUT/ilsr_window*.pt (time-dependent problems)", float,

@@ -221,6 +221,7 @@ API_CASES = [
     ("ilsr-foreign-file", lambda f: read_checkpoint(f / "wrong.pt"), ValueError, "not an Iterative LSR checkpoint"),
     ("ilsr-old-version", lambda f: read_checkpoint(f / "oldckpt" / "ilsr.pt"), ValueError, "version 1"),
     ("ilsr-resample", lambda f: iterative_lsr(*_small(), resample="random"), ValueError, "resample must be"),
+    ("ilsr-accept", lambda f: iterative_lsr(*_small(), accept="always"), ValueError, "accept must be"),
     ("lsr-points-missing-term", lambda f: lsr(*_small(), points={"pde": _points()["pde"]}), ValueError,
      "missing ['bc']"),
 ]

@@ -66,6 +66,47 @@ def test_a_diverging_alignment_is_rejected_and_the_best_state_kept(monkeypatch):
     assert res.best_iteration == vals.index(min(vals))
 
 
+@pytest.mark.parametrize("accept, values, verdict", [
+    # (network_val, aligned_val, predictor_val, distance_before, distance_after)
+    ("closer", (1.0, 0.9, 0.01, 0.5, 0.05), "residual"),
+    ("closer", (1.0, 1.3, 0.01, 0.5, 0.05), "distance"),     # worse residual, nearer a better predictor
+    ("residual", (1.0, 1.3, 0.01, 0.5, 0.05), None),
+    ("closer", (1.0, 1.3, 2.0, 0.5, 0.05), None),            # the predictor is no better than the network
+    ("closer", (1.0, 1.3, 0.01, 0.5, 0.6), None),            # the fit moved away from it
+    ("closer", (1.0, math.nan, 0.01, 0.5, 0.05), None),      # diverged
+])
+def test_alignment_verdict(accept, values, verdict):
+    assert ilsr_module.alignment_verdict(accept, 1.0, *values) == verdict
+
+
+def test_an_alignment_nearer_a_better_predictor_is_taken_though_its_residual_is_worse(monkeypatch):
+    """The fit is the real one; only the validation residual of the aligned network is reported
+    1000 times too large. "residual" keeps the starting network, "closer" takes the fit."""
+    problem = Burgers1D(n_interior=200, n_boundary=20, n_initial=20, widths=(8, 8))
+    model = problem.default_model(torch.Generator().manual_seed(0))
+    start = ParamSpec.of(model).flatten(model)
+    real_fit, real_norm = ilsr_module.train_lbfgs, ilsr_module.residual_norm
+
+    def fit_and_mark(problem, model, points, iterations, **kwargs):
+        model.aligned = True
+        return real_fit(problem, model, points, iterations, **kwargs)
+
+    def norm(problem, module, points):
+        return real_norm(problem, module, points) * (1e3 if getattr(module, "aligned", False) else 1.0)
+
+    monkeypatch.setattr(ilsr_module, "train_lbfgs", fit_and_mark)
+    monkeypatch.setattr(ilsr_module, "residual_norm", norm)
+    settings = {**SETTINGS, "align_iterations": 5}
+    kept = iterative_lsr(problem, model, outer_iterations=1, accept="residual", **settings)
+    assert [r["accepted"] for r in kept.history] == [True, False]
+    assert torch.equal(ParamSpec.of(kept.network).flatten(kept.network), start)
+    taken = iterative_lsr(problem, model, outer_iterations=1, accept="closer", **settings)
+    rec = taken.history[1]
+    assert rec["accepted"] and rec["accepted_by"] == "distance"
+    assert rec["validation_residual"] < taken.history[0]["validation_residual"]
+    assert not torch.equal(ParamSpec.of(taken.network).flatten(taken.network), start)
+
+
 def test_alignment_loss_keeps_the_pde_as_a_weak_term():
     from pinnlsr.ilsr import AlignmentProblem
     from pinnlsr.residual import residual_rows
