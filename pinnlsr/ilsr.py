@@ -243,8 +243,8 @@ def iterative_lsr(
             rule only). A rejected alignment keeps the current network.
         patience: stop after this many outer iterations without a new best (None: never early).
         final_gn_iterations: Jacobians of the final refinement (0: none; see the module
-            docstring), with rank ``final_rank`` (None: the whole parameter space up to
-            :data:`pinnlsr.lsr.FULL_SPACE_MAX_PARAMS` parameters, else ``rank``) on
+            docstring), with rank ``final_rank`` (the parameter count: the whole space; None: the
+            whole space up to :data:`pinnlsr.lsr.FULL_SPACE_MAX_PARAMS` parameters, else ``rank``) on
             ``final_counts`` points per term (None: as many as the outer iterations), drawn from
             the current network by RAD when ``resample`` is "adaptive", else uniformly. It is
             recorded as one more history entry with ``final`` True; a run that finished with it
@@ -400,7 +400,7 @@ def iterative_lsr(
         else:
             points = problem.sample_points(generator, dtype, device, final_points)
         m = spec.numel
-        whole = final_rank is None and m <= FULL_SPACE_MAX_PARAMS
+        whole = final_rank == m or (final_rank is None and m <= FULL_SPACE_MAX_PARAMS)
         gn = tangent_gauss_newton(
             problem, net, points=points, validation_points=validation_points,
             rank=None if whole else (final_rank or rank), subspace="full" if whole else subspace,

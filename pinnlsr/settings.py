@@ -135,8 +135,9 @@ class RunSettings:
     final_gn_iters: int = setting(0, "Gauss–Newton iterations of the ILSR's final refinement in a larger "
                                      "subspace on more points, after its outer iterations (of the last time "
                                      "window; 0: none)", int)
-    final_rank: int | None = setting(None, "rank of the final refinement (default: the whole parameter space of "
-                                           "a network up to 6,000 parameters, else --rank)", int)
+    final_rank: int | None = setting(None, "rank of the final refinement (the parameter count: the whole space; "
+                                           "default: the whole space of a network up to 6,000 parameters, else "
+                                           "--rank)", int)
     final_points: dict | None = setting(None, "points per term of the final refinement (default: as --points)",
                                         "counts")
 

@@ -202,6 +202,26 @@ def test_final_refinement_at_a_given_rank():
     assert res.history[-1]["points"] == {"pde": 48, "bc": 12, "ic": 12}
 
 
+def test_final_rank_equal_to_the_parameter_count_is_the_whole_space_for_any_size(monkeypatch):
+    problem, model = tiny_burgers()
+    m = ParamSpec.of(model).numel
+    monkeypatch.setattr(ilsr_module, "FULL_SPACE_MAX_PARAMS", 10)  # the network counts as large
+    calls, real = [], ilsr_module.tangent_gauss_newton
+
+    def recorded(*args, **kwargs):
+        calls.append({k: kwargs[k] for k in ("rank", "subspace")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ilsr_module, "tangent_gauss_newton", recorded)
+    for final_rank, expected in ((m, {"rank": None, "subspace": "full"}),
+                                 (None, {"rank": 10, "subspace": "auto"})):
+        calls.clear()
+        res = iterative_lsr(problem, model, outer_iterations=1, rank=10, final_gn_iterations=1,
+                            final_rank=final_rank, **SETTINGS)
+        assert calls[-1] == expected and res.history[-1]["final"]
+    assert res.history[-1]["rank"] == 10
+
+
 @pytest.mark.parametrize("kwargs,fragment", [
     ({"final_gn_iterations": -1}, "final_gn_iterations must be >= 0"),
     ({"final_gn_iterations": 1, "final_rank": 10_000}, "final_rank must be between 1 and"),
