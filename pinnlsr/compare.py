@@ -76,8 +76,8 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     ``settings`` gives Adam (adam_steps, lr, final_lr: exponential schedule), lbfgs_steps, the LSR
     step (rank, subspace, oversampling, power_iterations, solver, rcond, tikhonov) and the ILSR
     stage (ilsr_outer, ilsr_gn_iters, gn_damping, align_iterations, dtau, align_warm_start,
-    align_accept; with time_windows it marches over them, :func:`~pinnlsr.marching.time_marching_lsr`, ilsr_outer per
-    window, and last_window_* set the last one). Points: ``settings.points`` or, with
+    align_accept; with time_windows it marches over them, :func:`~pinnlsr.marching.time_marching_lsr`,
+    ilsr_outer per window, and last_window_* set the last one). Points: ``settings.points`` or, with
     ``point_fraction``, that fraction of every term's default count. Network and points in
     ``dtype`` on ``device``. Returns {"problem", "n_params", "n_points", "config", "methods":
     {name: {rel_l2, residual, seconds, history: [...]}}, "skipped": {name: reason},
