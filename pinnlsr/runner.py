@@ -189,8 +189,9 @@ def lsr_stage(run: Run) -> StageRecord:
 
 #: the per-iteration quantities a Gauss–Newton or ILSR stage keeps in metrics.json
 HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
-#: and per ILSR outer iteration (``final``: the final refinement's record, see --final-gn-iters)
-ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "final")
+#: and per ILSR outer iteration (``rank``, ``gn_iterations``: its Gauss–Newton run; ``points``: the
+#: final refinement's point counts; ``final``: the final refinement's record, see --final-gn-iters)
+ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "rank", "gn_iterations", "points", "final")
 
 
 def gauss_newton_stage(run: Run) -> StageRecord | None:

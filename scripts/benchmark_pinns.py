@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from pinnlsr.allocator import tune_allocator
 from pinnlsr.compare import QUICK, QUICK_POINT_FRACTION, compare_methods, plot, table
 from pinnlsr.io import atomic_write_json, atomic_write_text
@@ -86,12 +88,14 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="seed of network, points and sketches")
     add_device_options(p)
     p.add_argument("--quick", action="store_true", help="reduced sizes (a smoke run, minutes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (state it with the numbers)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()  # malloc kept for repeated tensor passes (pinnlsr.allocator)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.problems:
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         plot(res, args.out / f"{name}_convergence.png")
         atomic_write_json(args.out / "benchmark_pinns.json", {"quick": args.quick, "seed": args.seed,
                                                               "device": args.device, "dtype": args.dtype,
-                                                              "results": results})
+                                                              "threads": args.threads, "results": results})
         atomic_write_text(args.out / "benchmark_pinns.md", table(results))
         print(f"{name}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     print(table(results))

@@ -58,5 +58,9 @@ def test_final_refinement_from_the_command_line(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     ilsr = saved["stages"][-1]
     assert ilsr["name"] == "ilsr" and [h["final"] for h in ilsr["history"]] == [None, None, True]
+    final, outer = ilsr["history"][-1], ilsr["history"][1]
+    assert final["points"] == {"pde": 200, "bc": 24} and outer["points"] is None
+    assert outer["rank"] == 20 and outer["gn_iterations"] == 1 and final["gn_iterations"] == 1
+    assert final["rank"] == saved["n_params"]  # a small network: the whole space
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["final_gn_iters"] == 1 and config["final_points"] == ["pde=200"]
