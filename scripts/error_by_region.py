@@ -11,6 +11,11 @@ A box is given by its lower and upper corner, d numbers each (``--box X0 Y0 X1 Y
 ``--around X Y --radii R ...`` prints instead how the reference and the prediction behave towards a
 point (a corner where the solution may be singular): their means, per output, over the reference
 points at distance r/√2 <= |x - point| < r·√2 (one octave around each r).
+
+``--free-constant J`` treats output J as defined up to a constant (a pressure): the mean of
+prediction − reference outside the boxes is removed from it before measuring. ``--against RUN2``
+measures the stage against RUN2's prediction of the same stage at the same points instead of the
+reference: how far two runs (seeds, settings) are apart, beside how far each is from the reference.
 """
 from __future__ import annotations
 
@@ -30,11 +35,23 @@ def inside_boxes(points: np.ndarray, boxes) -> np.ndarray:
     return mask
 
 
-def error_by_region(points: np.ndarray, reference: np.ndarray, prediction: np.ndarray, boxes) -> list[dict]:
+def remove_constants(reference: np.ndarray, prediction: np.ndarray, columns, mask: np.ndarray) -> np.ndarray:
+    """A copy of ``prediction`` (N, k) with, in each of ``columns``, the mean of prediction − reference
+    over the points where ``mask`` (N,) is False subtracted (the constant that best fits there)."""
+    shifted = prediction.copy()
+    for j in columns:
+        shifted[:, j] -= np.mean(prediction[~mask, j] - reference[~mask, j])
+    return shifted
+
+
+def error_by_region(points: np.ndarray, reference: np.ndarray, prediction: np.ndarray, boxes,
+                    free_constant=()) -> list[dict]:
     """Per output column, then for all outputs together (the last row, as the runs' rel_l2):
     rel_l2 (all points), share_in_boxes (of the squared error), rel_l2_outside (error and reference
-    norm both outside the boxes)."""
+    norm both outside the boxes). Outputs in ``free_constant`` are first shifted by their mean
+    difference outside the boxes (see ``remove_constants``)."""
     mask = inside_boxes(points, boxes)
+    prediction = remove_constants(reference, prediction, free_constant, mask)
     rows = []
     for j in list(range(reference.shape[1])) + [slice(None)]:
         err, ref = prediction[:, j] - reference[:, j], reference[:, j]
@@ -77,13 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a point (d numbers): print the radial profile towards it instead of boxes")
     p.add_argument("--radii", type=float, nargs="+", default=[0.004, 0.008, 0.016, 0.032, 0.064, 0.128],
                    help="distances of the --around profile")
+    p.add_argument("--free-constant", type=int, nargs="+", default=[], metavar="J",
+                   help="outputs defined up to a constant (e.g. a pressure): remove their mean difference")
+    p.add_argument("--against", type=Path, default=None, metavar="RUN2",
+                   help="measure against RUN2's prediction of the same stage instead of the reference")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.box and args.around is None:
-        raise SystemExit("error: give at least one --box, or --around")
+    if not args.box and args.around is None and not args.free_constant and args.against is None:
+        raise SystemExit("error: give at least one --box, --around, --free-constant or --against")
     try:
         points, reference, stages = read_predictions(args.run_dir)
     except FileNotFoundError as exc:
@@ -93,11 +114,24 @@ def main(argv=None) -> int:
         if args.stage not in stages:
             raise SystemExit(f"error: no stage {args.stage!r} in {args.run_dir}/predictions.npz; it has {sorted(stages)}")
         stages = {args.stage: stages[args.stage]}
+    if any(not 0 <= j < reference.shape[1] for j in args.free_constant):
+        raise SystemExit(f"error: --free-constant takes output indices 0..{reference.shape[1] - 1}")
+    if args.against is not None:
+        try:
+            other_points, _, other_stages = read_predictions(args.against)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if other_points.shape != points.shape or not np.array_equal(other_points, points):
+            raise SystemExit(f"error: {args.against} has other points than {args.run_dir}: compare runs of one problem")
+        if args.stage is None or args.stage not in other_stages:
+            raise SystemExit(f"error: --against needs a --stage that both runs have; {args.against} has {sorted(other_stages)}")
+        reference = other_stages[args.stage]
+        print(f"measured against {args.against}'s {args.stage} prediction, not the reference")
     if args.around is not None:
         if len(args.around) != d:
             raise SystemExit(f"error: --around needs {d} numbers for {d}-D points")
         print_profile(points, reference, stages, args.around, args.radii)
-        if not args.box:
+        if not args.box and not args.free_constant:
             return 0
     if any(len(b) != 2 * d for b in args.box):
         raise SystemExit(f"error: each --box needs {2 * d} numbers (lower corner, upper corner) for {d}-D points")
@@ -106,7 +140,7 @@ def main(argv=None) -> int:
     print(f"{int(mask.sum())} of {len(mask)} reference points ({mask.mean():.1%}) lie in the boxes")
     print(f"{'stage':<14}{'output':<8}{'rel. L2':>12}{'share in boxes':>16}{'rel. L2 outside':>17}")
     for name, pred in stages.items():
-        rows = error_by_region(points, reference, pred, boxes)
+        rows = error_by_region(points, reference, pred, boxes, args.free_constant)
         for j, row in enumerate(rows):
             print(f"{name:<14}{j if j < len(rows) - 1 else 'all':<8}{row['rel_l2']:>12.3e}{row['share_in_boxes']:>16.1%}{row['rel_l2_outside']:>17.3e}")
     return 0

@@ -228,7 +228,31 @@ def test_error_by_region_script(tmp_path, capsys):
     assert np.isnan(m0[0])
     assert mod.main([str(tmp_path), "--around", "1", "1", "--radii", "0.1"]) == 0
     assert "(1.0, 1.0)" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--box, or --around"):
+    with pytest.raises(SystemExit, match="--box, --around, --free-constant or --against"):
         mod.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="4 numbers"):
         mod.main([str(tmp_path), "--box", "0.9", "1"])
+    # a constant offset in an output defined up to a constant is no error with --free-constant
+    offset = reference.copy()
+    offset[:, 1] += 0.5
+    offset[corner, 1] += 1.0  # the offset is fitted outside the box only
+    rows = mod.error_by_region(points, reference, offset, [((0.9, 0.9), (1.0, 1.0))], free_constant=[1])
+    assert rows[1]["rel_l2_outside"] == pytest.approx(0.0, abs=1e-15)
+    assert rows[1]["share_in_boxes"] == pytest.approx(1.0)
+    assert mod.error_by_region(points, reference, offset, [((0.9, 0.9), (1.0, 1.0))])[1]["rel_l2_outside"] == pytest.approx(0.5)
+    assert mod.main([str(tmp_path), "--free-constant", "1"]) == 0  # no box: the whole domain
+    assert "0 of 121" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="output indices 0..1"):
+        mod.main([str(tmp_path), "--box", "0.9", "0.9", "1", "1", "--free-constant", "2"])
+    # --against: the distance between two runs' predictions of one stage
+    other = tmp_path / "other"
+    other.mkdir()
+    np.savez(other / "predictions.npz", points=points, reference=reference, pred_ilsr=pred + 0.02)
+    assert mod.main([str(tmp_path), "--stage", "ilsr", "--against", str(other), "--box", "0.9", "0.9", "1", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not the reference" in out and "1.942e-02" in out  # output 0: 0.02 / 1.03 everywhere
+    with pytest.raises(SystemExit, match="needs a --stage"):
+        mod.main([str(tmp_path), "--against", str(other), "--box", "0.9", "0.9", "1", "1"])
+    np.savez(other / "predictions.npz", points=points[::-1], reference=reference, pred_ilsr=pred)
+    with pytest.raises(SystemExit, match="other points"):
+        mod.main([str(tmp_path), "--stage", "ilsr", "--against", str(other), "--box", "0.9", "0.9", "1", "1"])
