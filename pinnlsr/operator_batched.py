@@ -43,6 +43,7 @@ LSR_OPTIONS = {"subspace", "oversampling", "power_iterations", "scale_basis", "s
 GN_OPTIONS = {"subspace", "oversampling", "power_iterations", "scale_basis", "rcond", "dtype", "device",
               "jacobian_mode", "memory_budget", "damping", "max_tries", "patience", "tol", "jacobian"}
 SUPPORTED = {"subspace": "randomized", "solver": "svd", "jacobian_mode": "auto", "jacobian": "shifted"}
+ERROR_METRICS = ("rel_l2", "max_abs_err")  # per instance, against the references
 STOP_REASONS = ("max_iters", "no_decrease", "converged", "validation")  # a block's stop codes index these
 NO_DECREASE, CONVERGED, VALIDATION = 1, 2, 3
 _MIN_CHUNK_POINTS = 32  # points per instance in a row chunk that a block must leave room for
@@ -107,15 +108,16 @@ def describe_instance(index: int, row: dict) -> str:
 
 
 def _as_records(rows: list[dict]) -> list[dict]:
-    """Instance rows in the loop's form: the flat ``rel_l2_<tag>`` / ``residual_<tag>`` columns of a
-    block become the :class:`~pinnlsr.records.Evaluation` of ``before``, ``lsr`` and ``after``."""
+    """Instance rows in the loop's form: the flat ``rel_l2_<tag>`` / ``max_abs_err_<tag>`` /
+    ``residual_<tag>`` columns of a block become the :class:`~pinnlsr.records.Evaluation` of
+    ``before``, ``lsr`` and ``after``."""
     out = []
     for row in rows:
         row = dict(row)
         evals = {}
         for tag in ("before", "lsr", "after"):
-            err, res = row.pop(f"rel_l2_{tag}", None), row.pop(f"residual_{tag}", None)
-            evals[tag] = Evaluation({} if err is None else {"rel_l2": err}, res)
+            errors = {m: row.pop(f"{m}_{tag}", None) for m in ERROR_METRICS}
+            evals[tag] = Evaluation({m: v for m, v in errors.items() if v is not None}, row.pop(f"residual_{tag}", None))
         if evals["lsr"].residual is None:  # one-shot LSR: its step is the result
             evals["lsr"] = evals["after"]
             row.setdefault("seconds_lsr", row["seconds"])
@@ -191,15 +193,17 @@ class BlockRefiner:
                              self.cfg.power_iterations, omega=omega)
         return scaled_directions(w, s, self.rank, self.cfg.scale_basis, 0.0)
 
-    def errors(self, batch: InstanceBatch, index: list[int], delta: torch.Tensor | None) -> torch.Tensor | None:
-        """Relative L2 errors (B,) of the predictors against the references (None without)."""
+    def errors(self, batch: InstanceBatch, index: list[int], delta: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``rel_l2`` and ``max_abs_err`` (each (B,)) of the predictors against the references, the
+        metrics of :func:`pinnlsr.metrics.error_metrics` per instance ({} without references)."""
         if self.references is None:
-            return None
+            return {}
         x = self.problem.test_points().to(dtype=self.dtype, device=self.device)
         ref = torch.as_tensor(self.references)[index].to(dtype=self.dtype, device=self.device).reshape(len(index), -1)
         chunk = batch.points_per_pass(self.budget)
         pred = torch.cat([batch.outputs(x[i:i + chunk], delta) for i in range(0, x.shape[0], chunk)], 1)
-        return (pred.reshape(len(index), -1) - ref).norm(dim=1) / ref.norm(dim=1)
+        diff = pred.reshape(len(index), -1) - ref
+        return {"rel_l2": diff.norm(dim=1) / ref.norm(dim=1), "max_abs_err": diff.abs().amax(dim=1)}
 
     def models(self, index: list[int], V: torch.Tensor, z: torch.Tensor, ranks: list[int]) -> list:
         """The refined predictors of these instances (:class:`~pinnlsr.models.LinearizedModel`)."""
@@ -235,8 +239,10 @@ class BlockRefiner:
             warnings.warn("LSR raised the residual of the predictor on some instances: the problem is nonlinear "
                           "and the step left the region where the linearization holds. Use a lower rank or "
                           "iterate (gauss_newton=K).", RuntimeWarning, stacklevel=3)
-        cols = {"rel_l2_before": err0, "rel_l2_after": err1, "residual_before": before,
-                "linearized_residual": linearized, "residual_after": after, "rank": ranks, "cond": step.cond}
+        cols = {"residual_before": before, "linearized_residual": linearized, "residual_after": after,
+                "rank": ranks, "cond": step.cond}
+        for metric in ERROR_METRICS:
+            cols[f"{metric}_before"], cols[f"{metric}_after"] = err0.get(metric), err1.get(metric)
         rows = _records(cols, len(index))
         peak = _peak_memory_gb(self.device)
         for row in rows:
@@ -259,8 +265,9 @@ class BlockRefiner:
             raise FloatingPointError("the residual has NaN or Inf values at the pretrained network on instances "
                                      f"{[index[j] for j in torch.nonzero(~torch.isfinite(f).all(1))[:, 0].tolist()]}")
         f_norm, val = f.norm(dim=-1), residual(validation, z).norm(dim=-1)
-        hist = {"residual": [f_norm], "validation": [val], "rel_l2": [self.errors(batch, index, None)],
-                "linearized": [torch.full_like(f_norm, math.nan)], "seconds": [_clock(self.device) - t0]}
+        err0 = self.errors(batch, index, None)
+        hist = {"residual": [f_norm], "validation": [val], "linearized": [torch.full_like(f_norm, math.nan)],
+                "seconds": [_clock(self.device) - t0], **{m: [err0.get(m)] for m in ERROR_METRICS}}
         best = ValidationStop(z, val, cfg.patience, cfg.tol)
         active = torch.ones_like(f_norm, dtype=torch.bool)
         done, stop = torch.zeros_like(best.iteration), torch.zeros_like(best.iteration)
@@ -282,8 +289,9 @@ class BlockRefiner:
             decrease = f_norm - new_norm
             z, f, f_norm = z_new, f_new, torch.where(accepted, new_norm, f_norm)
             val = residual(validation, z).norm(dim=-1)
-            for key, value in (("residual", f_norm), ("validation", val), ("rel_l2", self.errors(batch, index, _step(V, z))),
-                               ("linearized", lin_new), ("seconds", _clock(self.device) - t0)):
+            errors = self.errors(batch, index, _step(V, z))
+            for key, value in (("residual", f_norm), ("validation", val), ("linearized", lin_new),
+                               ("seconds", _clock(self.device) - t0), *((m, errors.get(m)) for m in ERROR_METRICS)):
                 hist[key].append(value)
             converged, stalled = best.update_masked(it, z, val, f_norm, decrease, accepted)
             stop = torch.where(converged, CONVERGED, torch.where(stalled, VALIDATION, stop))
@@ -324,13 +332,13 @@ def _gauss_newton_records(hist: dict, best_it: torch.Tensor, done: torch.Tensor,
     first = min(1, len(hist["seconds"]) - 1)
     cols = {"rank": ranks, "iterations": done, "best_iteration": best_it}
     pick = {"before": 0, "lsr": first}
-    for key, name in (("rel_l2", "rel_l2"), ("residual", "residual")):
-        if key not in stacked:
+    for name in (*ERROR_METRICS, "residual"):
+        if name not in stacked:
             cols.update({f"{name}_before": None, f"{name}_lsr": None, f"{name}_after": None})
             continue
         for tag, at in pick.items():
-            cols[f"{name}_{tag}"] = stacked[key][at]
-        cols[f"{name}_after"] = stacked[key].gather(0, best_it.unsqueeze(0))[0]
+            cols[f"{name}_{tag}"] = stacked[name][at]
+        cols[f"{name}_after"] = stacked[name].gather(0, best_it.unsqueeze(0))[0]
     cols["linearized_residual"] = stacked["linearized"][first]
     rows = _records(cols, n)
     seconds = hist["seconds"]

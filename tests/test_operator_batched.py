@@ -44,8 +44,9 @@ def assert_same_records(loop, batched, tol=1e-9):
         for key, value in a.items():
             if key.startswith("seconds") or key == "peak_memory_gb":
                 continue
-            if isinstance(value, Evaluation):  # the batched path measures rel_l2 and the residual
-                for field in ("rel_l2", "residual"):
+            if isinstance(value, Evaluation):  # the batched path measures rel_l2, max_abs_err and the residual
+                assert value.max_abs_err is not None or value.rel_l2 is None, key
+                for field in ("rel_l2", "max_abs_err", "residual"):
                     assert getattr(b[key], field) == pytest.approx(getattr(value, field), rel=tol, abs=1e-300), (key, field)
             elif isinstance(value, float):
                 assert b[key] == pytest.approx(value, rel=tol, abs=1e-300), key

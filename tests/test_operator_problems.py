@@ -104,6 +104,12 @@ def test_cli_writes_metrics_and_reuses_checkpoint(tmp_path, capsys):
         for key in ("rel_l2_mean", "rel_l2_std", "n_instances", "seconds_per_instance"):
             assert key in stage
         assert stage["n_instances"] == 3
+        # the run output contract's keys: the mean rel. L2, the worst instance's max error, the mean residual
+        assert stage["rel_l2"] == stage["rel_l2_mean"]
+        assert 0 < stage["max_abs_err"] < float("inf") and 0 < stage["residual"] < float("inf")
+    pretrained, refined = metrics["stages"]
+    assert refined["residual"] == refined["residual_after_mean"] < pretrained["residual"] == refined["residual_before_mean"]
+    assert refined["max_abs_err"] < pretrained["max_abs_err"]
     assert metrics["stages"][1]["rel_l2_mean"] < metrics["stages"][0]["rel_l2_mean"]
     assert (out / "model.pt").is_file() and (out / "error_per_instance.png").is_file()
     assert (out / "instance_0.png").is_file()
@@ -169,4 +175,6 @@ def test_burgers_gauss_newton_instances_and_cli_stages(tmp_path):
     assert again["stages"][2]["refine_path"] == "loop"
     for a, b in zip(metrics["stages"][1:], again["stages"][1:]):
         assert b["rel_l2_mean"] == pytest.approx(a["rel_l2_mean"], rel=1e-9)
+        assert b["max_abs_err"] == pytest.approx(a["max_abs_err"], rel=1e-9)
+        assert b["residual"] == pytest.approx(a["residual"], rel=1e-9)
         assert b["residual_after_mean"] == pytest.approx(a["residual_after_mean"], rel=1e-9)
