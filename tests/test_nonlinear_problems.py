@@ -147,6 +147,23 @@ def test_lid_driven_crowds_pde_points_at_the_lid_corners():
         LidDriven(corner_fraction=1.0)
 
 
+def test_lid_driven_crowds_pde_points_at_the_pressure_gauge():
+    """gauge_fraction 0.02: 2% of the PDE points graded towards the gauge point (0, 0), where a dip
+    of p that meets p(0,0) = 0 is then seen by the PDE residual; the default (0) draws none."""
+    from problems.lid_driven import LidDriven
+
+    def near_gauge(x, radius):
+        return int((x.norm(dim=1) < radius).sum())
+
+    x = LidDriven(gauge_fraction=0.02).sample_pde_points(3000, torch.Generator().manual_seed(0))
+    assert x.shape == (3000, 2) and bool(((x >= 0) & (x <= 1)).all())
+    old = LidDriven().sample_pde_points(3000, torch.Generator().manual_seed(0))
+    assert near_gauge(x, 0.02) >= 20 and near_gauge(old, 0.02) <= 5  # uniform: 0.3e-3 of them on average
+    assert bool((x[-60:] <= 0.1).all()) and not bool((x[-61:] <= 0.1).all())  # 2% of 3,000 in [0, 0.1]²
+    with pytest.raises(ValueError, match="gauge_fraction"):
+        LidDriven(corner_fraction=0.5, gauge_fraction=0.5)
+
+
 def test_lid_driven_reports_errors_outside_the_singular_corners_beside_all_nodes():
     """rel_l2_outside_corners leaves out the 18 reference nodes within 0.01 of the two lid corners;
     the all-node rel_l2 is always reported beside it."""
