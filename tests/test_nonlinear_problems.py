@@ -147,23 +147,6 @@ def test_lid_driven_crowds_pde_points_at_the_lid_corners():
         LidDriven(corner_fraction=1.0)
 
 
-def test_lid_driven_crowds_pde_points_at_the_pressure_gauge():
-    """gauge_fraction 0.02: 2% of the PDE points graded towards the gauge point (0, 0), where a dip
-    of p that meets p(0,0) = 0 is then seen by the PDE residual; the default (0) draws none."""
-    from problems.lid_driven import LidDriven
-
-    def near_gauge(x, radius):
-        return int((x.norm(dim=1) < radius).sum())
-
-    x = LidDriven(gauge_fraction=0.02).sample_pde_points(3000, torch.Generator().manual_seed(0))
-    assert x.shape == (3000, 2) and bool(((x >= 0) & (x <= 1)).all())
-    old = LidDriven().sample_pde_points(3000, torch.Generator().manual_seed(0))
-    assert near_gauge(x, 0.02) >= 20 and near_gauge(old, 0.02) <= 5  # uniform: 0.3e-3 of them on average
-    assert bool((x[-60:] <= 0.1).all()) and not bool((x[-61:] <= 0.1).all())  # 2% of 3,000 in [0, 0.1]²
-    with pytest.raises(ValueError, match="gauge_fraction"):
-        LidDriven(corner_fraction=0.5, gauge_fraction=0.5)
-
-
 def test_lid_driven_reports_errors_outside_the_singular_corners_beside_all_nodes():
     """rel_l2_outside_corners leaves out the 18 reference nodes within 0.01 of the two lid corners;
     the all-node rel_l2 is always reported beside it."""
@@ -187,3 +170,59 @@ def test_lid_driven_reports_errors_outside_the_singular_corners_beside_all_nodes
     errors = model_errors(problem, Reference(), torch.float64, "cpu")
     assert errors["rel_l2_outside_corners"] == 0.0 and errors["max_abs_err_outside_corners"] == 0.0
     assert errors["rel_l2"] > 0 and errors["max_abs_err"] == 1.0
+
+
+def test_lid_driven_area_gauge_is_the_mean_of_p_over_a_corner_square():
+    """The gauge term is the Gauss–Legendre mean of p over [0, 0.05]² (exact for polynomials of
+    degree < 2·gauge_nodes in each variable; gauge_size 0: p(0,0)); its rows come from jets at the
+    quadrature nodes and equal the dense jacrev oracle; the reference's mean there is ~0."""
+    from torch.func import functional_call, jacrev
+
+    from pinnlsr import engine
+    from problems.lid_driven import LidDriven, gauge_quadrature
+
+    s = 0.05
+    offsets, weights = gauge_quadrature(s, 3)
+    assert offsets.shape == (9, 2) and abs(float(weights.sum()) - 1) < 1e-15
+    mean = float((weights * offsets[:, 0] ** 5 * offsets[:, 1] ** 2).sum())
+    assert abs(mean - s**5 / 6 * s**2 / 3) <= 1e-14 * s**7
+    assert gauge_quadrature(0.0, 3) == (None, None)
+
+    problem = LidDriven(n_interior=10, n_boundary=8, widths=(6,), gauge_nodes=3)  # default size 0.05
+    origin = torch.zeros(2, dtype=torch.float64)
+    p_field = lambda z: torch.stack([z[0], z[1], z[0] ** 2 - 2 * z[1] ** 3 + 0.3])  # noqa: E731
+    area_mean = s**2 / 3 - 2 * s**3 / 4 + 0.3
+    assert abs(float(problem.pressure_gauge(p_field, origin)) - area_mean) <= 1e-15
+    point_gauge = LidDriven(n_interior=10, n_boundary=8, widths=(6,), gauge_size=0.0)
+    assert float(point_gauge.pressure_gauge(p_field, origin)) == 0.3
+    with pytest.raises(ValueError, match="gauge_size"):
+        LidDriven(gauge_size=-0.1)
+
+    model = problem.default_model(generator=torch.Generator().manual_seed(0))
+    points = problem.sample_points(torch.Generator().manual_seed(1))
+    rows = residual_rows(problem, model, points)
+    theta = ParamSpec.of(model).flatten(model)
+    eng = engine.StructuredJacobian(rows, theta)
+    assert eng.plans["p0"].kind == "jet" and eng.plans["p0"].n_anchors == 9
+    spec = ParamSpec.of(model)
+
+    def gauge_of(flat):
+        out = functional_call(model, spec.unflatten(flat), (offsets,))
+        return (weights * out[:, 2]).sum().reshape(1)
+
+    dense = jacrev(gauge_of)(theta)
+    start = sum(b.points.shape[0] * b.q for b in rows.blocks[:-1])
+    got = torch.cat([g for _, g in engine.iter_rows(rows, theta, engine=eng)])
+    assert rows.blocks[-1].name == "p0"
+    assert (got[start:] - problem.bc_weight**0.5 * dense).abs().max() <= 1e-10  # one gauge row, weight w
+
+    from shared_data import reference_file
+
+    reference_file("pinnacle/lid_driven_a4.dat")  # skipped without the shared data, an error under CI
+    from scipy.interpolate import griddata
+
+    x, u = problem.reference()
+    near = x.abs().max(dim=1).values <= 0.2
+    o, w = gauge_quadrature(s, 6)
+    p_nodes = griddata(x[near].numpy(), u[near, 2].numpy(), o.numpy(), method="cubic")
+    assert abs(float((w.numpy() * p_nodes).sum())) < 1e-6 * float(u[:, 2].abs().max())
