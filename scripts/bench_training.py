@@ -92,13 +92,18 @@ def autograd_loss(name: str, problem, model, points):
             bc = model(xb) - kovasznay.exact_columns(xb[:, 0], xb[:, 1])
             return (w["pde"] * r.square().sum() / x.shape[0] + w["bc"] * bc.square().sum() / xb.shape[0])
     elif name == "lid_driven":
+        offsets, weights = lid_driven.gauge_quadrature(problem.gauge_size, problem.gauge_nodes)
+
         def loss():
             r = _ns(model(x), x, lid_driven.NU)
             xb = points["bc"]
             out = model(xb)
             lid = torch.where(xb[:, 1] > 1 - 1e-9, 4 * xb[:, 0] * (1 - xb[:, 0]), torch.zeros_like(xb[:, 0]))
             bc = torch.stack([out[:, 0] - lid, out[:, 1]], 1)
-            p0 = model(points["p0"])[:, 2]
+            if offsets is None:  # one-point gauge p(0,0)
+                p0 = model(points["p0"])[:, 2]
+            else:  # the mean of p over the gauge square
+                p0 = (weights * model(points["p0"] + offsets)[:, 2]).sum()
             return (w["pde"] * r.square().sum() / x.shape[0] + w["bc"] * bc.square().sum() / xb.shape[0]
                     + w["p0"] * p0.square().sum())
     else:
