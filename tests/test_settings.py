@@ -27,6 +27,7 @@ SYNONYMS = {
 NO_DEVICE = {
     "bench_interpolation": "NumPy/SciPy interpolation timings on the CPU",
     "bench_training": "CPU float64 timings side by side with hand-written autograd and DeepXDE",
+    "bench_shifted_points": "CPU float64 timing of lid_driven's two pressure gauges side by side",
     "check_burgers_reference": "NumPy quadrature against a data file",
     "deepxde_finetune": "DeepXDE trains on its own device and dtype",
     "error_by_region": "reads a run folder",
