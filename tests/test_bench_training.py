@@ -1,14 +1,11 @@
 """The hand-written batched-autograd losses of scripts/bench_training.py are the problems' own losses,
 so its side-by-side timings compare the same computation."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from pinnlsr.train import Objective
+from scripts_helper import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_training.py"
 SMALL = {
     "burgers1d": dict(n_interior=12, n_boundary=6, n_initial=6, widths=(8, 8)),
     "allen_cahn1d": dict(n_interior=12, n_initial=6, widths=(8, 8)),
@@ -19,10 +16,7 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_training")
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -1,17 +1,12 @@
 """scripts/gpu_check.py on the CPU: every prepared command parses, and the comparison of a CPU run
 with a device run flags what differs by more than rounding."""
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+from scripts_helper import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_check")
 
 
 def test_every_prepared_command_parses(tmp_path):

@@ -112,15 +112,10 @@ def test_runner_refuses_a_missing_rank_before_training(capsys):
 
 def test_benchmark_settings_have_a_valid_subspace():
     """scripts/benchmark_pinns.py at full size: every problem's LSR / ILSR settings resolve."""
-    import importlib.util
-    from pathlib import Path
-
     from pinnlsr.lsr import resolve_subspace
+    from scripts_helper import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_pinns.py"
-    spec = importlib.util.spec_from_file_location("benchmark_pinns", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark_pinns")
     for name, (module, cls) in bench.PROBLEMS.items():
         problem = getattr(importlib.import_module(module), cls)()
         n_params = ParamSpec.of(problem.default_model(torch.Generator().manual_seed(0))).numel

@@ -18,6 +18,7 @@ from pinnlsr.solvers import DampedLeastSquares, DampingSearch, gain_ratio
 from pinnlsr.subspace import scaled_directions, sketch_svd
 from problems.deeponet_antiderivative import DeepONetAntiderivative
 from problems.deeponet_burgers import DeepONetBurgers
+from scripts_helper import load_script
 
 COUNTS = {"pde": 150, "ic": 20, "bc": 20}
 
@@ -296,16 +297,11 @@ def test_settings_the_batched_path_does_not_cover_run_the_loop(burgers):
 def test_benchmark_compares_the_two_paths(tmp_path):
     """scripts/benchmark_deeponet.py --compare-refinement on a tiny network: both paths run on the
     same instances, the records agree and refinement.json has the times and their ratio."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     from pinnlsr.settings import OperatorSettings
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_deeponet.py"
-    spec = importlib.util.spec_from_file_location("benchmark_deeponet", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark_deeponet")
     args = bench.build_parser().parse_args(["--compare-refinement", "--n-test", "2", "--loop-instances", "1",
                                             "--adam-steps", "3", "--rank", "8", "--out", str(tmp_path)])
     settings = OperatorSettings(widths=(8, 8), latent=6, n_train=10, batch_size=2, gn_iters=2)

@@ -9,6 +9,7 @@ from pinnlsr.cli import main as cli_main
 from pinnlsr.report import read_history_csv, rebuild_report
 from pinnlsr.runner import main
 from problems.poisson2d import Poisson2D
+from scripts_helper import load_script
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +145,7 @@ def test_compare_records_the_baselines_it_skips(monkeypatch):
 
 
 def test_error_by_time_script(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "error_by_time.py"
-    spec = importlib.util.spec_from_file_location("error_by_time", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("error_by_time")
     x, t = np.meshgrid(np.linspace(-1, 1, 5), np.array([0.0, 0.5, 1.0]), indexing="ij")
     points = np.stack([x.ravel(), t.ravel()], 1)
     reference = (1 + points[:, :1] ** 2)
@@ -196,13 +191,7 @@ def test_compare_methods_marches_over_time_windows():
 
 
 def test_error_by_region_script(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "error_by_region.py"
-    spec = importlib.util.spec_from_file_location("error_by_region", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("error_by_region")
     x, y = np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 1, 11), indexing="ij")
     points = np.stack([x.ravel(), y.ravel()], 1)
     reference = np.ones((points.shape[0], 2))

@@ -11,6 +11,7 @@ import torch
 
 from pinnlsr import cli, operator_cli, runner
 from pinnlsr.settings import OperatorSettings, RunSettings, option, resolve_device
+from scripts_helper import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -33,18 +34,12 @@ NO_DEVICE = {
     "error_by_region": "reads a run folder",
     "error_by_time": "reads a run folder",
     "figure_burgers1d": "draws a saved network",
+    "fit_capacity": "CPU float64 supervised fit: a diagnostic of the network, not a pipeline",
     "gpu_check": "its --device is the device compared with the CPU, in float64 as the pipelines' defaults",
     "results_poisson2d": "the README table (CPU, float64)",
 }
 RUNNER_PROBLEMS = ("poisson2d", "burgers1d", "allen_cahn1d", "kovasznay")
 OPERATOR_PROBLEMS = ("deeponet_antiderivative", "deeponet_burgers")
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def entry_points() -> dict[str, tuple[argparse.ArgumentParser, bool]]:
@@ -62,7 +57,7 @@ def entry_points() -> dict[str, tuple[argparse.ArgumentParser, bool]]:
     for name in ("fit2d", "heat_inverse", "deeponet_antiderivative_data"):
         out[f"problems.{name}"] = (importlib.import_module(f"problems.{name}").build_parser(), True)
     for path in sorted(SCRIPTS.glob("*.py")):
-        out[f"scripts/{path.name}"] = (script(path.stem).build_parser(), path.stem not in NO_DEVICE)
+        out[f"scripts/{path.name}"] = (load_script(path.stem).build_parser(), path.stem not in NO_DEVICE)
     return out
 
 
@@ -115,7 +110,7 @@ def test_a_bad_device_is_an_input_error(entry, device, capsys):
              "pinnlsr run": lambda argv: cli.main(["run", "poisson2d"] + argv),
              "pinnlsr compare": lambda argv: cli.main(["compare", "poisson2d"] + argv),
              "operator": operator_main, "fit2d": fit2d_main,
-             "benchmark_pinns": lambda argv: script("benchmark_pinns").main(["--out", "unused"] + argv)}
+             "benchmark_pinns": lambda argv: load_script("benchmark_pinns").main(["--out", "unused"] + argv)}
     try:
         code = calls[entry](["--device", device])
     except SystemExit as exc:  # argparse
@@ -195,7 +190,7 @@ def test_unknown_settings_in_a_defaults_dict_are_named(capsys):
 
 
 def test_benchmark_pinns_reads_the_problems_defaults():
-    bench = script("benchmark_pinns")
+    bench = load_script("benchmark_pinns")
     from problems import burgers1d, helmholtz2d
 
     assert bench.settings("burgers1d", quick=False) == burgers1d.DEFAULTS
