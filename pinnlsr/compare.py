@@ -81,7 +81,8 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     ``point_fraction``, that fraction of every term's default count. Network and points in
     ``dtype`` on ``device``. Returns {"problem", "n_params", "n_points", "config", "methods":
     {name: {rel_l2, residual, seconds, history: [...]}}, "skipped": {name: reason},
-    "ratio_baseline_over_ilsr"} (the best of :data:`BASELINES` over ILSR). A dict passed
+    "ratio_baseline_over_ilsr", "ratio_by_region"} (the best of :data:`BASELINES` over ILSR, on all
+    reference points and on each of the problem's error regions). A dict passed
     as ``predictions`` receives each method's final outputs at the reference points ({method: (N, k)
     array}; "points" and "reference" too), for :func:`~pinnlsr.report.write_predictions`."""
     name, s = problem.name, settings
@@ -127,7 +128,8 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
     r = lsr(problem, model, points=points, solver=s.solver, tikhonov=s.tikhonov, **subspace)
     d, after = r.diagnostics, r.diagnostics["after"]
     seconds = base + d["seconds"]["total"]
-    out["methods"]["lsr"] = {"rel_l2": after.rel_l2, "max_abs_err": after.max_abs_err, "residual": after.residual,
+    out["methods"]["lsr"] = {"rel_l2": after.rel_l2, "max_abs_err": after.max_abs_err,
+                             **model_errors(problem, r.model, dtype, device), "residual": after.residual,
                              "seconds": seconds, "rank": d["rank"],
                              "history": [HistoryEntry(n_adam + n_lbfgs + 1, seconds, residual=after.residual,
                                                       errors={"rel_l2": after.rel_l2}).to_json()]}
@@ -149,7 +151,7 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
                                errors={"rel_l2": h.rel_l2}, extras=extras).to_json())
     best = res.history[res.best_iteration]
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
-                              "residual": best.residual, "seconds": base + ilsr_s, "history": ih,
+                              **model_errors(problem, res.model, dtype, device), "residual": best.residual, "seconds": base + ilsr_s, "history": ih,
                               "best_iteration": res.best_iteration, "best_state": res.diagnostics.get("best_state")}
     keep("ilsr", res.model)
     # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning
@@ -197,9 +199,19 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
                                  max_params=BFGS_MAX_PARAMS)
         out["methods"]["bfgs_long"] = {"history": h, "seconds": base + secs, **h[-1]}
         keep("bfgs_long", model)
-    baseline = min(out["methods"][k]["rel_l2"] for k in BASELINES if k in out["methods"])
-    out["ratio_baseline_over_ilsr"] = baseline / out["methods"]["ilsr"]["rel_l2"]
+    ref_points = reference_on(problem, dtype, device)
+    regions = list(problem.error_regions(ref_points[0])) if ref_points is not None else []
+    out["ratio_baseline_over_ilsr"], out["ratio_by_region"] = baseline_ratios(out["methods"], regions)
     return out
+
+
+def baseline_ratios(methods: dict[str, dict], regions: list[str]) -> tuple[float, dict[str, float]]:
+    """The lowest rel. L2 of the :data:`BASELINES` present in ``methods`` over ILSR's, on all
+    reference points, and the same for each error region (its ``rel_l2_<region>``)."""
+    def ratio(key: str) -> float:
+        return min(methods[k][key] for k in BASELINES if k in methods) / methods["ilsr"][key]
+
+    return ratio("rel_l2"), {region: ratio(f"rel_l2_{region}") for region in regions}
 
 def plot(result: dict, path: Path) -> Path:
     """Error and residual against iteration and against seconds, every method on each panel."""
@@ -224,6 +236,8 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {r['problem']} | {r['n_params']} | {name} | skipped: {reason} | | |")
     lines += ["", "| problem | best baseline rel. L2 / ILSR rel. L2 | ILSR >= 10x better |", "|---|---|---|"]
     for r in results:
-        ratio = r["ratio_baseline_over_ilsr"]
-        lines.append(f"| {r['problem']} | {ratio:.2f} | {'yes' if ratio >= 10 else 'no'} |")
+        ratios = {r["problem"]: r["ratio_baseline_over_ilsr"],
+                  **{f"{r['problem']}, {region}": v for region, v in r.get("ratio_by_region", {}).items()}}
+        for label, ratio in ratios.items():
+            lines.append(f"| {label} | {ratio:.2f} | {'yes' if ratio >= 10 else 'no'} |")
     return "\n".join(lines) + "\n"

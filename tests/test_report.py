@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import math
 
 import numpy as np
 import pytest
@@ -126,7 +127,9 @@ def test_cli_compare_quick(tmp_path):
 
 def test_compare_records_the_baselines_it_skips(monkeypatch):
     """Without SOAP's package and with a network over the BFGS size limit, compare_methods runs the
-    other methods and names the two it skipped, with the reason, in its result and its table."""
+    other methods and names the two it skipped, with the reason, in its result and its table. The
+    problem's error regions get their own errors for every method, LSR and ILSR included, and their
+    own best-baseline ratio."""
     import sys
     from dataclasses import replace
 
@@ -134,6 +137,8 @@ def test_compare_records_the_baselines_it_skips(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # import fails as if not installed
     monkeypatch.setattr(compare, "BFGS_MAX_PARAMS", 10)
+    monkeypatch.setattr(Poisson2D, "error_regions", lambda self, x: {"left": x[:, 0] < x[:, 0].median()},
+                        raising=False)
     settings = replace(compare.QUICK, adam_steps=10, lbfgs_steps=1, ilsr_gn_iters=1, align_iterations=1, rank=20)
     result = compare.compare_methods(Poisson2D(), settings, seed=0, point_fraction=0.01)
     assert {"adam", "adam+lbfgs", "lsr", "ilsr", "adam_long", "lbfgs_long"} == set(result["methods"])
@@ -142,6 +147,11 @@ def test_compare_records_the_baselines_it_skips(monkeypatch):
     assert f"{result['n_params']} parameters, more than BFGS_MAX_PARAMS = 10" in result["skipped"]["bfgs_long"]
     text = compare.table([result])
     assert "| bfgs_long | skipped: " in text and "| soap | skipped: " in text
+    methods = result["methods"]
+    assert all(0 < m["rel_l2_left"] < math.inf for m in methods.values())
+    best_left = min(methods[m]["rel_l2_left"] for m in compare.BASELINES if m in methods)
+    assert result["ratio_by_region"] == {"left": pytest.approx(best_left / methods["ilsr"]["rel_l2_left"], rel=1e-12)}
+    assert "| poisson2d, left | " in text
 
 
 def test_error_by_time_script(tmp_path, capsys):
