@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from pinnlsr.allocator import tune_allocator
+from pinnlsr.ilsr import AlignmentProblem
 from pinnlsr.linearize import JacobianOperator
 from pinnlsr.metrics import error_metrics, predict
-from pinnlsr.problem import PDEProblem, Term
+from pinnlsr.problem import PDEProblem
 from pinnlsr.models import ParamSpec
 from pinnlsr.residual import residual_rows
 from pinnlsr.settings import Parser
@@ -43,20 +44,10 @@ PROBLEMS = {
 }
 
 
-def _difference(u, x, y):
-    return u(x) - y
-
-
-class ReferenceFit(PDEProblem):
-    """Supervised least squares u(x_i) ≈ y_i at fixed points x (n, d) with values y (n, k)."""
-
-    def __init__(self, problem: PDEProblem, x: torch.Tensor, y: torch.Tensor):
-        self.name = f"{problem.name}_fit"
-        self.input_names, self.output_names = problem.input_names, problem.output_names
-        self.x, self.y = x, y
-
-    def terms(self) -> list[Term]:
-        return [Term("data", _difference, self.x, targets=self.y)]
+def reference_fit(problem: PDEProblem, x: torch.Tensor, y: torch.Tensor) -> AlignmentProblem:
+    """Supervised least squares u(x_i) ≈ y_i at fixed points x (n, d) with values y (n, k), no PDE
+    (the Iterative LSR alignment's supervised term alone; its one term is "align")."""
+    return AlignmentProblem(problem, x, y, dtau=None)
 
 
 def split_reference(x: torch.Tensor, y: torch.Tensor, n_train: int, seed: int):
@@ -71,13 +62,13 @@ def split_reference(x: torch.Tensor, y: torch.Tensor, n_train: int, seed: int):
 
 def levenberg_marquardt(fit: PDEProblem, validation: PDEProblem, net: torch.nn.Module, steps: int,
                         rcond: float = 1e-14, log=print, callback=None) -> list[dict]:
-    """Levenberg–Marquardt over all of ``net``'s parameters on ``fit``'s data term, the damping
-    of every step chosen on ``validation``'s; in place on ``net``. Returns one record per step
+    """Levenberg–Marquardt over all of ``net``'s parameters on ``fit``'s supervised term (a
+    :func:`reference_fit`), the damping of every step chosen on ``validation``'s; in place on ``net``. Returns one record per step
     (residuals as root mean squares, the numerical rank of the Jacobian at ``rcond``, seconds),
     each also passed to ``callback`` as it is taken."""
     spec = ParamSpec.of(net)
-    train_rows = residual_rows(fit, net, {"data": fit.x}, spec)
-    val_rows = residual_rows(validation, net, {"data": validation.x}, spec)
+    train_rows = residual_rows(fit, net, {"align": fit.align_points}, spec)
+    val_rows = residual_rows(validation, net, {"align": validation.align_points}, spec)
     search, history = DampingSearch(damping=1e-6), []
     theta = spec.flatten(net).detach()
     for step in range(steps):
@@ -141,7 +132,7 @@ def main(argv=None) -> int:
     x_ref, y_ref = (torch.as_tensor(a, dtype=torch.float64) for a in problem.reference())
     y_ref = y_ref.reshape(x_ref.shape[0], -1)
     (xt, yt), (xv, yv) = split_reference(x_ref, y_ref, args.points, args.seed)
-    fit, validation = ReferenceFit(problem, xt, yt), ReferenceFit(problem, xv, yv)
+    fit, validation = reference_fit(problem, xt, yt), reference_fit(problem, xv, yv)
     net = problem.default_model(generator=torch.Generator().manual_seed(args.seed))
     n_params = sum(p.numel() for p in net.parameters())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +156,7 @@ def main(argv=None) -> int:
         write()
 
     lm_history: list[dict] = []
-    points = {"data": xt}
+    points = {"align": xt}
     train_adam(fit, net, points, args.adam_steps, lr=3e-3, final_lr=1e-4, progress=False)
     record("adam")
     train_lbfgs(fit, net, points, args.lbfgs_steps, progress=False)

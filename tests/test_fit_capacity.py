@@ -31,8 +31,8 @@ def test_levenberg_marquardt_approaches_a_reachable_target(capacity):
     x = torch.rand(400, 2, generator=gen, dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         y = teacher(x)
-    fit = capacity.ReferenceFit(_Plain(), x[:200], y[:200])
-    validation = capacity.ReferenceFit(_Plain(), x[200:], y[200:])
+    fit = capacity.reference_fit(_Plain(), x[:200], y[:200])
+    validation = capacity.reference_fit(_Plain(), x[200:], y[200:])
     with torch.no_grad():
         before = float((student(x) - y).norm() / y.norm())
     history = capacity.levenberg_marquardt(fit, validation, student, steps=8, log=lambda _: None)
