@@ -151,7 +151,8 @@ def compare_methods(problem, settings: RunSettings, seed: int, predictions: dict
                                errors={"rel_l2": h.rel_l2}, extras=extras).to_json())
     best = res.history[res.best_iteration]
     out["methods"]["ilsr"] = {"rel_l2": res.diagnostics.get("rel_l2"), "max_abs_err": res.diagnostics.get("max_abs_err"),
-                              **model_errors(problem, res.model, dtype, device), "residual": best.residual, "seconds": base + ilsr_s, "history": ih,
+                              **model_errors(problem, res.model, dtype, device), "residual": best.residual,
+                              "seconds": base + ilsr_s, "history": ih,
                               "best_iteration": res.best_iteration, "best_state": res.diagnostics.get("best_state")}
     keep("ilsr", res.model)
     # Equal-cost baselines: continue Adam (from the Adam state, at the schedule's final learning
@@ -212,6 +213,7 @@ def baseline_ratios(methods: dict[str, dict], regions: list[str]) -> tuple[float
         return min(methods[k][key] for k in BASELINES if k in methods) / methods["ilsr"][key]
 
     return ratio("rel_l2"), {region: ratio(f"rel_l2_{region}") for region in regions}
+
 
 def plot(result: dict, path: Path) -> Path:
     """Error and residual against iteration and against seconds, every method on each panel."""
