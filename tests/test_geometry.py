@@ -117,6 +117,39 @@ def test_box_3d_boundary_face_areas():
     assert abs(frac_x - 12 / 22) < 0.02
 
 
+def test_box_sobol_points_cover_more_evenly_and_follow_the_seed():
+    from scipy.stats import qmc
+
+    lo, hi = torch.tensor([-0.5, -0.5]), torch.tensor([1.0, 1.5])
+    sobol, plain = Box(lo, hi, sampling="sobol"), Box(lo, hi)
+    x = sobol.sample_interior(3000, gen(0))
+    assert x.shape == (3000, 2) and sobol.contains_open(x).all()
+    assert torch.equal(x, sobol.sample_interior(3000, gen(0)))
+    assert not torch.equal(x, sobol.sample_interior(3000, gen(1)))
+    unit = lambda z: ((z - lo) / (hi - lo)).numpy()  # noqa: E731
+    d_sobol = qmc.discrepancy(unit(x))
+    d_plain = max(qmc.discrepancy(unit(plain.sample_interior(3000, gen(s)))) for s in range(3))
+    assert d_sobol < d_plain / 20
+    # the boundary: every point on a face, face shares within a point of the exact ones, each face
+    # covered evenly along its length
+    n = 800
+    b = sobol.sample_boundary(n, gen(0))
+    faces = [b[:, 0] == -0.5, b[:, 1] == -0.5, b[:, 0] == 1.0, b[:, 1] == 1.5]
+    assert sum(f.long() for f in faces).min() >= 1
+    for mask, length in zip(faces, (2.0, 1.5, 2.0, 1.5)):
+        assert abs(int(mask.sum()) - n * length / 7.0) <= 1.0
+    left = b[faces[0], 1]
+    counts = torch.histc(left, bins=8, min=-0.5, max=1.5)
+    assert counts.max() - counts.min() <= 3
+    # three dimensions: face shares by area (6, 3, 2 on each side; 22 in all)
+    b3 = Box([0, 0, 0], [1, 2, 3], sampling="sobol").sample_boundary(1100, gen(1))
+    for k, area in enumerate((6.0, 3.0, 2.0)):
+        share = int(((b3[:, k] == 0) | (b3[:, k] == (1, 2, 3)[k])).sum())
+        assert abs(share - 1100 * 2 * area / 22) <= 2
+    with pytest.raises(ValueError, match="sampling must be 'random' or 'sobol'"):
+        Box([0, 0], [1, 1], sampling="halton")
+
+
 def test_interval_boundary_balanced():
     iv = Interval(-1.0, 3.0)
     x = iv.sample_boundary(10, gen())

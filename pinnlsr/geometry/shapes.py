@@ -19,14 +19,33 @@ class Box(Domain):
     Boundary sampling picks faces with probability proportional to their
     ``(d-1)``-measure and samples uniformly on the chosen face; in 1-D the
     boundary is the two endpoints (see ``Interval``).
+
+    ``sampling="sobol"`` draws scrambled Sobol points instead of independent uniform ones (the
+    scrambling seeded from the generator, so a seed still fixes the points): they cover the box
+    more evenly, which lowers the gap between the residual at the collocation points and at fresh
+    points. On the boundary (d >= 2) the first Sobol coordinate picks the face, by cumulative
+    face measure, and the others place the point on it.
     """
 
-    def __init__(self, lower, upper):
+    def __init__(self, lower, upper, sampling: str = "random"):
         self.lower, self.upper = _as_bounds(lower, upper)
         self.dim = len(self.lower)
+        if sampling not in ("random", "sobol"):
+            raise ValueError(f"sampling must be 'random' or 'sobol', got {sampling!r}")
+        self.sampling = sampling
 
     def __repr__(self) -> str:
-        return f"Box(lower={list(self.lower)}, upper={list(self.upper)})"
+        extra = "" if self.sampling == "random" else f", sampling={self.sampling!r}"
+        return f"Box(lower={list(self.lower)}, upper={list(self.upper)}{extra})"
+
+    def _unit(self, n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, dim) float64 numbers in [0, 1) on the generator's device: independent uniform, or
+        scrambled Sobol with a scrambling seed drawn from the generator."""
+        if self.sampling == "random":
+            return _rand(generator, n, dim)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+        engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+        return engine.draw(n, dtype=_F64).to(generator.device)
 
     @property
     def bbox(self):
@@ -62,7 +81,7 @@ class Box(Domain):
 
     def _interior(self, n, generator):
         lo, hi = self._bounds(generator.device)
-        return lo + (hi - lo) * _rand(generator, n, self.dim)
+        return lo + (hi - lo) * self._unit(n, self.dim, generator)
 
     def _boundary(self, n, generator):
         lo, hi = self._bounds(generator.device)
@@ -78,8 +97,17 @@ class Box(Domain):
             side = side[torch.randperm(n, generator=generator, device=generator.device)]
             return (lo + (hi - lo) * side).reshape(n, 1)
         w = torch.tensor(self._face_measures(), dtype=_F64, device=generator.device)
-        face = torch.multinomial(w / w.sum(), n, replacement=True, generator=generator)
-        x = lo + (hi - lo) * _rand(generator, n, d)
+        if self.sampling == "sobol":
+            u = self._unit(n, d, generator)
+            edges = torch.cumsum(w / w.sum(), 0)
+            face = torch.searchsorted(edges, u[:, 0].contiguous(), right=True).clamp(max=2 * d - 1)
+            # coordinate j of a point on a face normal to k takes Sobol coordinate 1 + j - (j > k)
+            j = torch.arange(d, device=generator.device)
+            col = 1 + j - (j > (face % d).unsqueeze(1)).long()
+            x = lo + (hi - lo) * u.gather(1, col.clamp(max=d - 1))
+        else:
+            face = torch.multinomial(w / w.sum(), n, replacement=True, generator=generator)
+            x = lo + (hi - lo) * _rand(generator, n, d)
         k = face % d
         at_upper = face >= d
         rows = torch.arange(n, device=generator.device)
