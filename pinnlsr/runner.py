@@ -123,7 +123,14 @@ def checked_inputs(problem: PDEProblem, args, generator: torch.Generator, dtype:
     if args.time_windows:
         check_windows(problem, args.time_windows)
     last_window_options(args)
-    final_options(args)
+    final = final_options(args)
+    if final is not None and args.ilsr_outer <= 0:
+        if args.gn_iters <= 0:
+            raise ValueError("--final-gn-iters continues an ilsr stage (--ilsr-outer N) or a Gauss–Newton stage "
+                             "(--gn-iters N): give one of them")
+        if final["final_rank"] is not None:
+            raise ValueError("--final-rank sets the rank of the ILSR's final refinement; the Gauss–Newton stage "
+                             "continues in its own subspace (--rank): drop --final-rank")
     try:
         resolve_subspace(ParamSpec.of(model).numel, args.rank, args.subspace)
     except ValueError as e:
@@ -209,15 +216,38 @@ def gauss_newton_stage(run: Run) -> StageRecord | None:
                               power_iterations=args.power_iterations, max_iters=args.gn_iters, damping=args.gn_damping,
                               rcond=args.rcond, seed=args.seed, dtype=run.dtype, device=run.device,
                               memory_budget=run.state.memory_budget, **reuse)
+    history, seconds, final = [h.to_json(HISTORY_KEYS) for h in gn.history], gn.diagnostics["seconds"], None
+    continued = final_options(args) if args.ilsr_outer <= 0 else None  # else the ILSR's final refinement
+    if continued is not None:
+        gn, final = continue_on_more_points(run, gn, continued)
+        history += [{**h.to_json(HISTORY_KEYS), "iteration": len(history) - 1 + h.iteration,
+                     "seconds": seconds + h.seconds} for h in gn.history[1:]]
+        seconds += gn.diagnostics["seconds"]
     best = gn.history[gn.best_iteration]
     run.state.refined["gauss_newton"] = gn.model
     evaluation = Evaluation(gn.diagnostics["after"].errors, best.residual)
-    return StageRecord("gauss_newton", gn.diagnostics["seconds"], evaluation, {
+    return StageRecord("gauss_newton", seconds, evaluation, {
         "rank": gn.basis.rank, "validation_residual": best["validation_residual"], "stop_reason": gn.stop_reason,
         "backends": {**(one_shot.diagnostics["jacobian_backends"] if reuse else {}),
                      **gn.diagnostics["jacobian_backends"]},
-        "first_step": "lsr" if reuse else "factorized",
-        "history": [h.to_json(HISTORY_KEYS) for h in gn.history]})
+        "first_step": "lsr" if reuse else "factorized", "final": final, "history": history})
+
+
+def continue_on_more_points(run: Run, gn, options: dict):
+    """The Gauss–Newton stage continued from its best z, in its subspace, on new points
+    (``--final-points``, ``--final-gn-iters`` iterations): the first iterations, far from the
+    solution, run on the pretraining points; the last ones, where the points set the floor, on
+    more. Returns the continued result and its record for metrics.json."""
+    args, problem = run.args, run.state.problem
+    counts = {**{k: int(v.shape[0]) for k, v in run.state.points.items()}, **(options["final_counts"] or {})}
+    points = problem.sample_points(run.generator, run.dtype, run.device, counts)
+    more = tangent_gauss_newton(problem, run.state.model, points=points, basis=gn.basis, z0=gn.z,
+                                max_iters=options["final_gn_iterations"], damping=args.gn_damping, rcond=args.rcond,
+                                seed=args.seed, dtype=run.dtype, device=run.device,
+                                memory_budget=run.state.memory_budget)
+    return more, {"points": counts, "iterations": len(more.history) - 1, "best_iteration": more.best_iteration,
+                  "stop_reason": more.stop_reason, "validation_residual": more.history[more.best_iteration][
+                      "validation_residual"]}
 
 
 def ilsr_stage(run: Run) -> StageRecord | None:

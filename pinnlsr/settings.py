@@ -134,7 +134,8 @@ class RunSettings:
                                                     "--points)", "counts")
     final_gn_iters: int = setting(0, "Gauss–Newton iterations of the ILSR's final refinement in a larger "
                                      "subspace on more points, after its outer iterations (of the last time "
-                                     "window; 0: none)", int)
+                                     "window); without ILSR, of the Gauss–Newton stage continued on "
+                                     "--final-points (0: none)", int)
     final_rank: int | None = setting(None, "rank of the final refinement (the parameter count: the whole space; "
                                            "default: the whole space of a network up to 6,000 parameters, else "
                                            "--rank)", int)
@@ -271,7 +272,7 @@ def final_options(settings) -> dict | None:
     counts = dict(points) if isinstance(points, dict) else parse_counts(points, "--final-points")
     if iterations <= 0:
         if get("final_rank") is not None or counts:
-            raise ValueError("final_rank/final_points set the ILSR's final refinement: give it iterations "
+            raise ValueError("final_rank/final_points set the final refinement: give it iterations "
                              "(final_gn_iters, on the command line --final-gn-iters N)")
         return None
     return {"final_gn_iterations": int(iterations), "final_rank": get("final_rank"), "final_counts": counts or None}

@@ -64,3 +64,23 @@ def test_final_refinement_from_the_command_line(tmp_path):
     assert final["rank"] == saved["n_params"]  # a small network: the whole space
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["final_gn_iters"] == 1 and config["final_points"] == ["pde=200"]
+
+
+def test_gauss_newton_continued_on_more_points(tmp_path):
+    """Without ILSR, --final-gn-iters continues the Gauss–Newton stage from its best z, in its subspace,
+    on --final-points: the history runs on with consecutive iterations, the record names the points,
+    and the continuation lowers the error the few pretraining points left."""
+    problem = Poisson2D()
+    args = runner.build_parser(problem).parse_args(
+        ["--adam-steps", "20", "--points", "pde=40", "bc=16", "--gn-iters", "1", "--final-gn-iters", "2",
+         "--final-points", "pde=300", "bc=80", "--quiet", "--no-plot", "--out", str(tmp_path)])
+    runner.run(problem, args)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    gn = saved["stages"][-1]
+    assert gn["name"] == "gauss_newton" and gn["final"]["points"] == {"pde": 300, "bc": 80}
+    history = gn["history"]
+    assert [h["iteration"] for h in history] == list(range(len(history)))
+    assert len(history) == 2 + gn["final"]["iterations"] and gn["final"]["iterations"] >= 1
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(history, history[1:]))
+    assert gn["rel_l2"] < history[1]["rel_l2"] / 10
+    assert gn["rank"] == saved["n_params"]
