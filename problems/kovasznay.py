@@ -39,8 +39,9 @@ class Kovasznay(PDEProblem):
     input_names = ("x", "y")
     output_names = ("u", "v", "p")
 
-    def __init__(self, n_interior: int = 3000, n_boundary: int = 800, widths=(50, 50, 50), bc_weight: float = 10.0):
-        self.domain = Box(LOWER, UPPER)
+    def __init__(self, n_interior: int = 3000, n_boundary: int = 800, widths=(50, 50, 50), bc_weight: float = 10.0,
+                 sampling: str = "sobol"):
+        self.domain = Box(LOWER, UPPER, sampling=sampling)
         self.n_interior, self.n_boundary, self.widths, self.bc_weight = n_interior, n_boundary, tuple(widths), bc_weight
 
     def terms(self) -> list[Term]:
@@ -68,8 +69,11 @@ class Kovasznay(PDEProblem):
 
 PROBLEM = Kovasznay
 # Adam only shapes the network; the accuracy comes from the tangent Gauss–Newton stage in the whole
-# parameter space, which reaches its floor (about 2e-10, set by the collocation points) in 3–4 steps.
-DEFAULTS = RunSettings(adam_steps=1000, lbfgs_steps=0, lr=3e-3, final_lr=1e-4, gn_iters=4)
+# parameter space on scrambled Sobol points. Its SVD keeps singular values down to 1e-16·σ_max: the
+# cut at 1e-14 (the LSR default) was the floor at 1e-10; the damping search, validated on fresh
+# points, keeps the added directions from amplifying noise. Five steps: from some Adam networks
+# (seed 2) the third step lands at 1e-8, and the fifth below 1e-10.
+DEFAULTS = RunSettings(adam_steps=1000, lbfgs_steps=0, lr=3e-3, final_lr=1e-4, gn_iters=5, rcond=1e-16)
 
 if __name__ == "__main__":
     raise SystemExit(main(Kovasznay, defaults=DEFAULTS))
