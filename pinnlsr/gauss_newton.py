@@ -49,7 +49,7 @@ class GaussNewtonResult:
     the starting z): residual (on the collocation points), seconds (since the start), with
     ``compute_errors`` the errors against the reference, and the extras validation_residual,
     linearized_residual (the model's prediction ||f + A δ|| of the accepted step), damping μ,
-    step_norm, gain_ratio, tries (trial steps evaluated) and rejected (trial steps refused).
+    relative_damping (μ / σ_max(A)²), step_norm, gain_ratio, tries (trial steps evaluated) and rejected (trial steps refused).
     ``diagnostics["before"]`` / ``["after"]`` evaluate the starting and the returned z."""
 
     model: LinearizedModel
@@ -346,6 +346,7 @@ def tangent_gauss_newton(
         rho = gain_ratio(f_norm, trial.norm, trial.linearized)
         z, f, decrease, f_norm = z + trial.delta, trial.payload, f_norm - trial.norm, trial.norm
         rec = record(it, f_norm, trial.score, linearized_residual=trial.linearized, damping=trial.mu,
+                     relative_damping=trial.mu / step.sigma_max**2 if step.sigma_max > 0 else None,
                      step_norm=_norm(trial.delta), gain_ratio=rho, tries=tries, rejected=refused)
         history.append(rec)
         if callback:

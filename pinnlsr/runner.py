@@ -199,6 +199,9 @@ HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_resi
 #: and per ILSR outer iteration (``rank``, ``gn_iterations``: its Gauss–Newton run; ``points``: the
 #: final refinement's point counts; ``final``: the final refinement's record, see --final-gn-iters)
 ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "rank", "gn_iterations", "points", "final")
+#: and per Gauss–Newton step: the damping μ kept (also relative to σ_max(A)²), the gain ratio (actual
+#: over predicted decrease), the step's norm in z and the trial steps evaluated (pinnlsr.solvers.DampingSearch)
+GN_HISTORY_KEYS = HISTORY_KEYS + ("damping", "relative_damping", "gain_ratio", "step_norm", "tries")
 
 
 def gauss_newton_stage(run: Run) -> StageRecord | None:
@@ -216,11 +219,11 @@ def gauss_newton_stage(run: Run) -> StageRecord | None:
                               power_iterations=args.power_iterations, max_iters=args.gn_iters, damping=args.gn_damping,
                               rcond=args.rcond, seed=args.seed, dtype=run.dtype, device=run.device,
                               memory_budget=run.state.memory_budget, **reuse)
-    history, seconds, final = [h.to_json(HISTORY_KEYS) for h in gn.history], gn.diagnostics["seconds"], None
+    history, seconds, final = [h.to_json(GN_HISTORY_KEYS) for h in gn.history], gn.diagnostics["seconds"], None
     continued = final_options(args) if args.ilsr_outer <= 0 else None  # else the ILSR's final refinement
     if continued is not None:
         gn, final = continue_on_more_points(run, gn, continued)
-        history += [{**h.to_json(HISTORY_KEYS), "iteration": len(history) - 1 + h.iteration,
+        history += [{**h.to_json(GN_HISTORY_KEYS), "iteration": len(history) - 1 + h.iteration,
                      "seconds": seconds + h.seconds} for h in gn.history[1:]]
         seconds += gn.diagnostics["seconds"]
     best = gn.history[gn.best_iteration]

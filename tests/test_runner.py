@@ -84,3 +84,9 @@ def test_gauss_newton_continued_on_more_points(tmp_path):
     assert all(a["seconds"] <= b["seconds"] for a, b in zip(history, history[1:]))
     assert gn["rel_l2"] < history[1]["rel_l2"] / 10
     assert gn["rank"] == saved["n_params"]
+    # each step records the damping search: μ kept (absolute and relative to σ_max²), gain, trials
+    assert history[0]["damping"] is None and history[0]["tries"] == 0
+    for step in history[1:]:
+        assert step["damping"] >= 0 and step["tries"] >= 1 and step["step_norm"] > 0
+        assert math.isfinite(step["relative_damping"]) and (step["relative_damping"] > 0) == (step["damping"] > 0)
+        assert step["gain_ratio"] is not None and step["gain_ratio"] > 0
