@@ -44,7 +44,8 @@ from .settings import add_device_options, device_and_dtype
 
 #: options that must be >= 0, > 0 (and finite), or >= 1 when given
 NON_NEGATIVE = ("adam_steps", "lbfgs_steps", "oversampling", "power_iterations", "gn_iters", "ilsr_outer",
-                "ilsr_gn_iters", "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions")
+                "ilsr_gn_iters", "align_iterations", "rcond", "tikhonov", "gn_damping", "validation_functions",
+                "gn_chord_steps")
 POSITIVE = ("lr", "final_lr", "dtau", "memory_budget_gb")
 AT_LEAST_ONE = ("threads", "rank", "last_window_rank", "last_window_outer", "samples", "max_rank", "n_ranks", "latent")
 

@@ -200,8 +200,9 @@ HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_resi
 #: final refinement's point counts; ``final``: the final refinement's record, see --final-gn-iters)
 ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "rank", "gn_iterations", "points", "final")
 #: and per Gauss–Newton step: the damping μ kept (also relative to σ_max(A)²), the gain ratio (actual
-#: over predicted decrease), the step's norm in z and the trial steps evaluated (pinnlsr.solvers.DampingSearch)
-GN_HISTORY_KEYS = HISTORY_KEYS + ("damping", "relative_damping", "gain_ratio", "step_norm", "tries")
+#: over predicted decrease), the step's norm in z, the trial steps evaluated (pinnlsr.solvers.DampingSearch)
+#: and the chord steps taken from the same factorization (--gn-chord-steps)
+GN_HISTORY_KEYS = HISTORY_KEYS + ("damping", "relative_damping", "gain_ratio", "step_norm", "tries", "chord_steps")
 
 
 def gauss_newton_stage(run: Run) -> StageRecord | None:
@@ -217,7 +218,8 @@ def gauss_newton_stage(run: Run) -> StageRecord | None:
     gn = tangent_gauss_newton(run.state.problem, run.state.model, points=run.state.points, rank=args.rank,
                               subspace=args.subspace, oversampling=args.oversampling,
                               power_iterations=args.power_iterations, max_iters=args.gn_iters, damping=args.gn_damping,
-                              rcond=args.rcond, seed=args.seed, dtype=run.dtype, device=run.device,
+                              chord_steps=args.gn_chord_steps, rcond=args.rcond, seed=args.seed, dtype=run.dtype,
+                              device=run.device,
                               memory_budget=run.state.memory_budget, **reuse)
     history, seconds, final = [h.to_json(GN_HISTORY_KEYS) for h in gn.history], gn.diagnostics["seconds"], None
     continued = final_options(args) if args.ilsr_outer <= 0 else None  # else the ILSR's final refinement
@@ -246,6 +248,7 @@ def continue_on_more_points(run: Run, gn, options: dict):
     points = problem.sample_points(run.generator, run.dtype, run.device, counts)
     more = tangent_gauss_newton(problem, run.state.model, points=points, basis=gn.basis, z0=gn.z,
                                 max_iters=options["final_gn_iterations"], damping=args.gn_damping, rcond=args.rcond,
+                                chord_steps=args.gn_chord_steps,
                                 seed=args.seed, dtype=run.dtype, device=run.device,
                                 memory_budget=run.state.memory_budget)
     return more, {"points": counts, "iterations": len(more.history) - 1, "best_iteration": more.best_iteration,

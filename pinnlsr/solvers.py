@@ -7,6 +7,7 @@ part of A that was used. TF32 is switched off while solving so float32 inputs st
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -73,15 +74,24 @@ class DampedLeastSquares:
     """
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, rcond: float | None = None,
-                 rho: float | torch.Tensor = 0.0, n_rows: int | None = None):
+                 rho: float | torch.Tensor = 0.0, n_rows: int | None = None, reusable: bool = False):
         self.batched = a.ndim == 3
         _validate(a, b, 0.0, self.batched)
+        if reusable and (self.batched or n_rows is not None):
+            raise ValueError("least squares: only a single system given by its rows can take another "
+                             "right-hand side (reusable=True)")
         n, r = a.shape[-2:]
         self.shape = (n if n_rows is None else n_rows, r)
         self.rho = torch.as_tensor(rho, dtype=a.dtype, device=a.device).expand(a.shape[:-2]) if self.batched else rho
+        self._householder = None  # (reflectors (n, r+1), tau) of [A | b], kept when reusable
+        self._u = None  # the kept left singular vectors, when reusable
         with no_tf32():
             if n >= 2 * r:  # QR then the SVD of R11 costs less than the SVD of A
-                rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(-1)], -1), mode="r")[1]
+                if reusable:
+                    self._householder = torch.geqrf(torch.cat([a, b.unsqueeze(-1)], -1))
+                    rr = self._householder[0][: r + 1].triu()
+                else:
+                    rr = torch.linalg.qr(torch.cat([a, b.unsqueeze(-1)], -1), mode="r")[1]
                 a, b = rr[..., :r, :r], rr[..., :r, r]
                 self.rho = (torch.hypot(rr[..., r, r], self.rho) if self.batched
                             else math.hypot(float(rr[r, r]), rho))
@@ -99,6 +109,34 @@ class DampedLeastSquares:
         k = int((s > self.rcond * s[0]).sum()) if s.numel() and s[0] > 0 else 0
         self.rank_used = k
         self._s, self._vh, self._g = s[:k], vh[:k], u[:, :k].T @ b
+        if reusable:
+            self._u = u[:, :k]
+
+    @property
+    def reusable(self) -> bool:
+        """Whether :meth:`with_rhs` can take another right-hand side."""
+        return self._u is not None
+
+    def with_rhs(self, b: torch.Tensor) -> "DampedLeastSquares":
+        """The same A with another right-hand side b (n,), without factorizing again: Qᵀb through
+        the kept Householder reflectors (O(n r)), then O(r k). Needs ``reusable=True``. Used for
+        chord steps: further Levenberg–Marquardt steps from one Jacobian with the updated residual."""
+        if self._u is None:
+            raise ValueError("least squares: this factorization was not kept for another right-hand side "
+                             "(construct it with reusable=True)")
+        if b.shape != (self.shape[0],) or b.dtype != self._u.dtype or b.device != self._u.device:
+            raise ValueError(f"least squares: b must be a {self._u.dtype} vector of shape ({self.shape[0]},) on "
+                             f"{self._u.device}, got {b.dtype} {tuple(b.shape)} on {b.device}")
+        new = copy.copy(self)
+        with no_tf32():
+            if self._householder is None:  # A itself was decomposed
+                new._b, new.rho = b, 0.0
+            else:
+                r = self.shape[1]
+                y = torch.ormqr(*self._householder, b.unsqueeze(-1), left=True, transpose=True).squeeze(-1)
+                new._b, new.rho = y[:r], float(torch.linalg.vector_norm(y[r:]))
+            new._g = self._u.T @ new._b
+        return new
 
     @classmethod
     def from_factor(cls, r_aug: torch.Tensor, n_rows: int, rcond: float | None = None) -> "DampedLeastSquares":

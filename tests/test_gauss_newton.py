@@ -136,6 +136,39 @@ def test_shifted_jacobian_equals_differentiating_the_predictor_in_z():
     assert torch.allclose(shifted, direct, rtol=1e-10, atol=1e-10 * float(direct.abs().max()))
 
 
+@pytest.mark.parametrize("rank", [20, None])  # 112 rows: QR then the SVD of R (20), the SVD of A (105)
+def test_chord_steps_reuse_the_factorization_and_lower_both_residuals(monkeypatch, rank):
+    """chord_steps: after a step, further steps from the same factorization with the updated
+    residual. They are taken (the history counts them), they factorize nothing more, and the
+    first iteration (same z, same Jacobian, same first step as without them) ends lower in both
+    the training and the validation residual than without them."""
+    import pinnlsr.gauss_newton as gn_module
+
+    problem, model, points = small_burgers()
+    kwargs = dict(points=points, rank=rank, max_iters=2, patience=10, compute_errors=False, seed=0)
+    plain = tangent_gauss_newton(problem, model, **kwargs)
+    built = []
+    real = gn_module.DampedLeastSquares
+
+    class Counting(real):
+        def __init__(self, *args, **kw):
+            built.append(kw.get("reusable", False))
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(gn_module, "DampedLeastSquares", Counting)
+    chords = tangent_gauss_newton(problem, model, chord_steps=4, **kwargs)
+    assert built == [True, True]  # one factorization per Jacobian, kept for the chords
+    taken = [h["chord_steps"] for h in chords.history]
+    assert taken[0] == 0 and taken[1] >= 1 and max(taken) <= 4
+    assert all(h["chord_steps"] == 0 for h in plain.history)
+    first, first_plain = chords.history[1], plain.history[1]
+    assert first["linearized_residual"] == pytest.approx(first_plain["linearized_residual"], rel=1e-12)
+    assert first["residual"] < first_plain["residual"]
+    assert first["validation_residual"] < first_plain["validation_residual"]
+    with pytest.raises(ValueError, match="chord_steps"):
+        tangent_gauss_newton(problem, model, chord_steps=-1, **kwargs)
+
+
 def test_both_jacobians_give_the_same_gauss_newton_run():
     problem, model, points = small_burgers()
     runs = [tangent_gauss_newton(problem, model, points=points, rank=20, max_iters=3, patience=10,

@@ -100,6 +100,33 @@ def test_damped_steps_match_the_stacked_problem(shape):
     assert dls.sigma_max == pytest.approx(float(torch.linalg.matrix_norm(a, 2)), rel=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (25, 25)])
+def test_another_right_hand_side_from_the_kept_factorization(shape):
+    """with_rhs (Qᵀb through the kept Householder reflectors, or Uᵀb when A itself was decomposed)
+    gives the damped steps and residuals of factorizing [A | b2] afresh, float64."""
+    from pinnlsr.solvers import DampedLeastSquares
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    b, b2 = torch.randn(2, shape[0], generator=gen, dtype=torch.float64)
+    kept = DampedLeastSquares(a, b, rcond=0.0, reusable=True)
+    assert kept.reusable and not DampedLeastSquares(a, b).reusable
+    assert (kept._householder is not None) == (shape[0] >= 2 * shape[1])
+    other, fresh = kept.with_rhs(b2), DampedLeastSquares(a, b2, rcond=0.0)
+    for mu in (0.0, 1e-3, 2.0):
+        z = other.solve(mu)
+        torch.testing.assert_close(z, fresh.solve(mu), rtol=0, atol=1e-11 * float(z.abs().max()))
+        assert other.residual_norm(z) == pytest.approx(float((a @ z - b2).norm()), rel=1e-11)
+    # the kept factorization still answers for its own b
+    torch.testing.assert_close(kept.solve(0.0), DampedLeastSquares(a, b, rcond=0.0).solve(0.0), rtol=0, atol=1e-11)
+    with pytest.raises(ValueError, match="reusable=True"):
+        DampedLeastSquares(a, b).with_rhs(b2)
+    with pytest.raises(ValueError, match="shape"):
+        kept.with_rhs(b2[:-1])
+    with pytest.raises(ValueError, match="single system"):
+        DampedLeastSquares(a.expand(2, *shape), b.expand(2, -1), reusable=True)
+
+
 def test_gain_ratio():
     from pinnlsr.solvers import gain_ratio
 
