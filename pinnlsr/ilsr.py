@@ -201,6 +201,7 @@ def iterative_lsr(
     gn_patience: int = 2,
     damping: float = 1e-20,
     rcond: float | None = 1e-14,
+    chord_steps: int = 0,
     align_iterations: int = 200,
     dtau: float | None = 1e-3,
     warm_start: bool = False,
@@ -230,8 +231,9 @@ def iterative_lsr(
             independently of the collocation points when None).
         rank, subspace, oversampling, power_iterations, rcond: the LSR subspace and solve, as in
             :func:`pinnlsr.lsr.lsr`.
-        gn_iterations, gn_patience, damping: the tangent Gauss–Newton of each outer iteration
-            (gn_iterations=1 with damping≈0 is plain one-shot LSR).
+        gn_iterations, gn_patience, damping, chord_steps: the tangent Gauss–Newton of each outer
+            iteration and of the final refinement (gn_iterations=1 with damping≈0 is plain
+            one-shot LSR; chord_steps: see :func:`pinnlsr.gauss_newton.tangent_gauss_newton`).
         align_iterations, dtau: L-BFGS iterations and pseudo-time step Δτ of the alignment.
         warm_start: start the alignment from θ0 + s·V z, s in (1, 1/2, 1/4, 0) with the lowest
             alignment loss (the network the step points to agrees with the predictor to second
@@ -287,6 +289,7 @@ def iterative_lsr(
         adaptive_fraction=adaptive_fraction, gn_iterations=gn_iterations, gn_patience=gn_patience, damping=damping,
         rcond=rcond, align_iterations=align_iterations, dtau=dtau, warm_start=warm_start,
         reject_factor=reject_factor, accept=accept, patience=patience,
+        **({"chord_steps": chord_steps} if chord_steps else {}),
         **({"final_gn_iterations": final_gn_iterations, "final_rank": final_rank,
             "final_counts": dict(sorted(final_counts.items())) if final_counts else None}
            if final_gn_iterations > 0 else {}))
@@ -339,8 +342,8 @@ def iterative_lsr(
         gn = tangent_gauss_newton(
             problem, net, points=points, validation_points=validation_points, rank=rank, subspace=subspace,
             oversampling=oversampling, power_iterations=power_iterations, max_iters=gn_iterations,
-            patience=gn_patience, damping=damping, rcond=rcond, generator=generator, dtype=dtype,
-            device=device, memory_budget=memory_budget, compute_errors=False)
+            patience=gn_patience, damping=damping, rcond=rcond, chord_steps=chord_steps, generator=generator,
+            dtype=dtype, device=device, memory_budget=memory_budget, compute_errors=False)
         lin = gn.model
         backends["gauss_newton"] = gn.diagnostics["jacobian_backends"]
         pred_val = gn.diagnostics["after"].validation
@@ -363,7 +366,7 @@ def iterative_lsr(
         extras = {"linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
                   "validation_residual": pred_val, "network_validation_residual": net_val,
                   "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
-                  "align_start_step": start_step, "network_distance": distance_after}
+                  "chord_steps": sum(h["chord_steps"] for h in gn.history), "align_start_step": start_step, "network_distance": distance_after}
         errors = {}
         if compute_errors:
             errors = model_errors(problem, lin, dtype, device)
@@ -405,8 +408,8 @@ def iterative_lsr(
             problem, net, points=points, validation_points=validation_points,
             rank=None if whole else (final_rank or rank), subspace="full" if whole else subspace,
             oversampling=oversampling, power_iterations=power_iterations, max_iters=final_gn_iterations,
-            patience=gn_patience, damping=damping, rcond=rcond, generator=generator, dtype=dtype, device=device,
-            memory_budget=memory_budget, compute_errors=False)
+            patience=gn_patience, damping=damping, rcond=rcond, chord_steps=chord_steps, generator=generator,
+            dtype=dtype, device=device, memory_budget=memory_budget, compute_errors=False)
         backends["final"] = gn.diagnostics["jacobian_backends"]
         pred_val = gn.diagnostics["after"].validation
         lin = gn.model
@@ -415,6 +418,7 @@ def iterative_lsr(
                   "network_validation_residual": network_val, "rank": gn.basis.rank,
                   "linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
                   "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
+                  "chord_steps": sum(h["chord_steps"] for h in gn.history),
                   "points": {name: int(v.shape[0]) for name, v in points.items()},
                   "best_iteration": best["iteration"], "seconds_iteration": time.perf_counter() - t_iter}
         errors = model_errors(problem, lin, dtype, device) if compute_errors else {}

@@ -196,9 +196,10 @@ def lsr_stage(run: Run) -> StageRecord:
 
 #: the per-iteration quantities a Gauss–Newton or ILSR stage keeps in metrics.json
 HISTORY_KEYS = ("iteration", "residual", "validation_residual", "linearized_residual", "rel_l2", "seconds")
-#: and per ILSR outer iteration (``rank``, ``gn_iterations``: its Gauss–Newton run; ``points``: the
+#: and per ILSR outer iteration (``rank``, ``gn_iterations``, ``chord_steps``: its Gauss–Newton run; ``points``: the
 #: final refinement's point counts; ``final``: the final refinement's record, see --final-gn-iters)
-ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "rank", "gn_iterations", "points", "final")
+ILSR_HISTORY_KEYS = ("accepted", "accepted_by", "network_rel_l2", "rank", "gn_iterations", "chord_steps", "points",
+                     "final")
 #: and per Gauss–Newton step: the damping μ kept (also relative to σ_max(A)²), the gain ratio (actual
 #: over predicted decrease), the step's norm in z, the trial steps evaluated (pinnlsr.solvers.DampingSearch)
 #: and the chord steps taken from the same factorization (--gn-chord-steps)
@@ -263,7 +264,7 @@ def ilsr_stage(run: Run) -> StageRecord | None:
         return None
     options = dict(outer_iterations=args.ilsr_outer, rank=args.rank, subspace=args.subspace,
                    oversampling=args.oversampling, power_iterations=args.power_iterations, rcond=args.rcond,
-                   gn_iterations=args.ilsr_gn_iters, damping=args.gn_damping,
+                   gn_iterations=args.ilsr_gn_iters, damping=args.gn_damping, chord_steps=args.gn_chord_steps,
                    align_iterations=args.align_iterations, dtau=args.dtau,
                    warm_start=args.align_warm_start, accept=args.align_accept, seed=args.seed, dtype=run.dtype, device=run.device,
                    memory_budget=run.state.memory_budget, resume=bool(getattr(args, "resume", False)))

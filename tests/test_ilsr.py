@@ -194,6 +194,22 @@ def test_final_refinement_runs_in_the_whole_space_on_its_own_points_and_resumes_
                       **SETTINGS)
 
 
+def test_chord_steps_reach_every_gauss_newton_run_and_the_checkpoint_settings(tmp_path):
+    """chord_steps goes to each outer iteration's and the final refinement's Gauss–Newton (the
+    history counts the chord steps taken); a checkpoint written without them is not resumed with."""
+    problem, model = tiny_burgers()
+    path = tmp_path / "ilsr.pt"
+    kwargs = dict(outer_iterations=2, rank=20, final_gn_iterations=1, final_rank=30, checkpoint=path, **SETTINGS)
+    plain = iterative_lsr(problem, model, **kwargs)
+    assert all(rec.get("chord_steps", 0) == 0 for rec in plain.history)
+    with pytest.raises(ValueError, match="other settings"):
+        iterative_lsr(problem, model, chord_steps=3, **kwargs)
+    chords = iterative_lsr(problem, model, chord_steps=3, **{**kwargs, "checkpoint": tmp_path / "c.pt"})
+    taken = [rec.get("chord_steps") for rec in chords.history[1:]]
+    assert all(t is not None and 0 <= t <= 3 * SETTINGS["gn_iterations"] for t in taken) and sum(taken) >= 1
+    assert chords.history[-1]["final"] and math.isfinite(chords.diagnostics["validation_residual"])
+
+
 def test_final_refinement_at_a_given_rank():
     problem, model = tiny_burgers()
     res = iterative_lsr(problem, model, outer_iterations=1, rank=10, final_gn_iterations=1, final_rank=20,
