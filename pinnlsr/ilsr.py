@@ -366,7 +366,8 @@ def iterative_lsr(
         extras = {"linearized_residual": gn.history[1]["linearized_residual"] if len(gn.history) > 1 else None,
                   "validation_residual": pred_val, "network_validation_residual": net_val,
                   "rank": gn.basis.rank, "gn_iterations": len(gn.history) - 1, "gn_stop": gn.stop_reason,
-                  "chord_steps": sum(h["chord_steps"] for h in gn.history), "align_start_step": start_step, "network_distance": distance_after}
+                  "chord_steps": sum(h["chord_steps"] for h in gn.history), "align_start_step": start_step,
+                  "network_distance": distance_after}
         errors = {}
         if compute_errors:
             errors = model_errors(problem, lin, dtype, device)

@@ -112,8 +112,8 @@ class RunSettings:
                                        "on, relative to σ_max² (each step tries 100× it down to 1e-12× it and 0)",
                                 float)
     gn_chord_steps: int = setting(0, "after each Gauss–Newton step (of --gn-iters, of each ILSR outer iteration, "
-                                     "of --final-gn-iters), up to this many chord steps: further steps from the same factorization "
-                                     "with the updated residual, kept while the validation residual falls "
+                                     "of --final-gn-iters), up to this many chord steps: further steps from the "
+                                     "same factorization with the updated residual, kept while the validation residual falls "
                                      "(cheap where rounding, not nonlinearity, limits a step)", int)
     ilsr_outer: int = setting(0, "Iterative LSR outer iterations, an 'ilsr' stage (0: none); checkpointed to "
                                  "OUT/ilsr.pt (see --resume)", int)
