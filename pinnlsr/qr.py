@@ -101,6 +101,17 @@ class StreamingR:
         return self.r
 
 
+def right_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S (k,), Vh (k, l)) of a (n, l), k = min(n, l), without the left singular vectors; (B, ·)
+    for a stack. A tall a (n >= 2l) is reduced to its R factor first and R decomposed: LAPACK's
+    divide and conquer SVD reduces a tall matrix the same way, so the values and vectors are the
+    ones ``torch.linalg.svd(a)`` gives, without forming Q and U (about 4·n·l² fewer flops)."""
+    if a.shape[-2] >= 2 * a.shape[-1]:
+        a = torch.linalg.qr(a, mode="r")[1]
+    _, s, vh = torch.linalg.svd(a, full_matrices=False)
+    return s, vh
+
+
 def canonical_svd(r: torch.Tensor):
     """SVD of a small matrix with the sign of each right singular vector fixed (largest |entry|
     positive), so the result does not depend on the row signs of R. Returns (U, S, Vh)."""

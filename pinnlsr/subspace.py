@@ -25,7 +25,7 @@ import torch
 from . import jacobian as jac
 from .linearize import JacobianOperator
 from .residual import Rows
-from .qr import Reducer, canonical_svd, fast_r_factor, orthonormalize
+from .qr import Reducer, canonical_svd, fast_r_factor, orthonormalize, right_svd
 from .solvers import no_tf32
 
 
@@ -79,18 +79,20 @@ def svd_basis(rows: Rows, theta: torch.Tensor, rank: int, scale: bool = True,
               rcond: float | None = None, memory_budget: int | None = None) -> Basis:
     """Top-``rank`` right singular vectors of the dense output Jacobian J (n_out, m)."""
     with no_tf32():
-        j = jac.jacobian(rows, theta, memory_budget)
-        _, s, vh = torch.linalg.svd(j, full_matrices=False)
+        s, vh = right_svd(jac.jacobian(rows, theta, memory_budget))
     v, r = scaled_directions(vh.T, s, rank, scale, 0.0 if rcond is None else rcond)
     return Basis(v, "svd", r, s, scaled=scale)
 
 
 def sketch_svd(op, rank: int, oversampling: int = 10, power_iterations: int = 0,
                generator: torch.Generator | None = None, omega: torch.Tensor | None = None,
-               reducer: Reducer | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+               reducer: Reducer | None = None, left: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Randomized SVD G ≈ U S Wᵀ of a Jacobian operator (Halko, Martinsson & Tropp 2011): Y = Gᵀ Ω
     with a Gaussian Ω of rank + oversampling columns, optional power iterations, Q = orth(Y), then
-    the SVD of the small G Q. Returns (W (m, k), S (k,), U (n, k)), k = min(rank + oversampling, m, n).
+    the SVD of the small G Q. Returns (W (m, k), S (k,), U (n, k)), k = min(rank + oversampling, m, n);
+    U only with ``left`` (else None: W and S come from the R factor of the tall G Q, see
+    :func:`pinnlsr.qr.right_svd`).
 
     ``op``: anything with ``shape`` (n, m), ``theta`` (its dtype and device), ``matmul`` (G·V) and
     ``rmatmul`` (Gᵀ·W): :class:`pinnlsr.linearize.JacobianOperator` or the DeepXDE operator of
@@ -121,7 +123,10 @@ def sketch_svd(op, rank: int, oversampling: int = 10, power_iterations: int = 0,
         for _ in range(power_iterations):
             zq, _ = torch.linalg.qr(op.matmul(q))  # (n, width)
             q, _ = torch.linalg.qr(op.rmatmul(zq))
-        u, s, vh = torch.linalg.svd(op.matmul(q), full_matrices=False)  # G Q = U S Zᵀ
+        if not left:
+            s, vh = right_svd(op.matmul(q))  # G Q = U S Zᵀ
+            return q @ vh.mT, s, None
+        u, s, vh = torch.linalg.svd(op.matmul(q), full_matrices=False)
         return q @ vh.mT, s, u
 
 

@@ -13,7 +13,9 @@ For burgers1d, kovasznay, lid_driven and allen_cahn1d at their default networks 
 
 then the seconds per tangent Gauss–Newton step on burgers1d (rank 1000, default points) with
 explicit ``vmap(jacrev)`` rows and with jet rows, and the seconds of one Iterative LSR outer
-iteration at burgers1d's default settings. Writes OUT/bench_training.json and prints a table.
+iteration at burgers1d's default settings, and the seconds of the randomized range finder on
+allen_cahn1d's last time window (12,000 points, rank 2000) with and without the left singular
+vectors. Writes OUT/bench_training.json and prints a table.
 
     python scripts/bench_training.py --out runs/bench_training
     python scripts/bench_training.py --problems burgers1d --adam-steps 50 --no-deepxde --out /tmp/b
@@ -226,6 +228,33 @@ def ilsr_outer_seconds(problem, model, points):
     return res.history[-1]["seconds_iteration"]
 
 
+def sketch_seconds(points: int, rank: int, seed: int) -> dict:
+    """Seconds of the randomized range finder (:func:`pinnlsr.subspace.sketch_svd`) on allen_cahn1d's
+    output Jacobian (default network, ``points`` interior points: its last time window), with the
+    left singular vectors of the tall G Q (``left=True``, the SVD of G Q itself) and without them
+    (the SVD of its R factor, what the pipelines run), and the largest difference of the singular
+    values between the two."""
+    from pinnlsr.linearize import JacobianOperator
+    from pinnlsr.models import ParamSpec
+    from pinnlsr.residual import output_rows
+    from pinnlsr.subspace import sketch_svd
+
+    problem = allen_cahn1d.AllenCahn1D(n_interior=points)
+    gen = torch.Generator().manual_seed(seed)
+    model = problem.default_model(gen)
+    x = problem.sample_points(gen)["pde"]
+    op = JacobianOperator(output_rows(model, x), ParamSpec.of(model).flatten(model))
+    out = {"points": points, "rank": rank}
+    values = {}
+    for left in (True, False):
+        start = time.perf_counter()
+        _, values[left], _ = sketch_svd(op, rank, 10, generator=torch.Generator().manual_seed(seed), left=left)
+        out["sketch_s_with_u" if left else "sketch_s_through_r"] = time.perf_counter() - start
+    out["sketch_speedup"] = out["sketch_s_with_u"] / out["sketch_s_through_r"]
+    out["max_singular_value_difference"] = float((values[True] - values[False]).abs().max() / values[True][0])
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for bench_training.json")
@@ -236,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rank", type=int, default=1000, help="Gauss–Newton subspace rank on burgers1d")
     ap.add_argument("--no-deepxde", action="store_true", help="skip DeepXDE")
     ap.add_argument("--no-refinement", action="store_true", help="skip the Gauss–Newton and ILSR timings")
+    ap.add_argument("--sketch-points", type=int, default=12000,
+                    help="allen_cahn1d interior points of the range-finder timing (0: skip it)")
+    ap.add_argument("--sketch-rank", type=int, default=2000, help="rank of the range-finder timing")
     ap.add_argument("--seed", type=int, default=0)
     add_alias(ap, "--steps", "--adam-steps", type=int)
     add_alias(ap, "--gn-iterations", "--gn-iters", type=int)
@@ -281,6 +313,12 @@ def main(argv=None) -> int:
         print(f"burgers1d Gauss–Newton step (rank {args.rank}): explicit rows {result['gn_step_s_explicit']:.2f} s, "
               f"jets {result['gn_step_s_fast']:.2f} s ({result['gn_speedup']:.1f}x); one ILSR outer iteration "
               f"{result['ilsr_outer_s']:.1f} s", flush=True)
+    if args.sketch_points > 0:
+        result["sketch"] = sketch_seconds(args.sketch_points, args.sketch_rank, args.seed)
+        sk = result["sketch"]
+        print(f"allen_cahn1d range finder ({sk['points']} points, rank {sk['rank']}): with U {sk['sketch_s_with_u']:.1f} s, "
+              f"through R {sk['sketch_s_through_r']:.1f} s ({sk['sketch_speedup']:.2f}x; singular values differ by "
+              f"{sk['max_singular_value_difference']:.1e} relative)", flush=True)
     atomic_write_json(args.out / "bench_training.json", result)
     print(f"wrote {args.out / 'bench_training.json'} (threads {args.threads})")
     return 0

@@ -44,3 +44,10 @@ def test_lid_driven_autograd_loss_follows_the_gauge(bench):
         objective = Objective(problem, model, points)
         ours = objective.value(objective.spec.flatten(model))
         assert abs(float(bench.autograd_loss("lid_driven", problem, model, points)()) - ours) <= 1e-12 * ours
+
+
+def test_sketch_timing_compares_the_same_decomposition(bench):
+    out = bench.sketch_seconds(points=300, rank=40, seed=0)
+    assert out["points"] == 300 and out["rank"] == 40
+    assert out["sketch_s_with_u"] > 0 and out["sketch_s_through_r"] > 0
+    assert out["max_singular_value_difference"] <= 1e-12

@@ -258,7 +258,7 @@ def test_deepxde_operator_feeds_the_shared_range_finder():
     torch.testing.assert_close(op.matmul(v), G @ v, rtol=0, atol=1e-12 * scale * float(v.abs().max()))
     torch.testing.assert_close(op.rmatmul(w), G.T @ w, rtol=0, atol=1e-12 * scale * float(w.abs().max()))
     k = min(op.shape)
-    W, S, U = sketch_svd(op, k, 0, generator=torch.Generator().manual_seed(0))
+    W, S, U = sketch_svd(op, k, 0, generator=torch.Generator().manual_seed(0), left=True)
     exact = torch.linalg.svdvals(G)
     torch.testing.assert_close(S[:10], exact[:10], rtol=1e-10, atol=0)
     torch.testing.assert_close(U[:, :5] * S[:5], G @ W[:, :5], rtol=0, atol=1e-10 * float(S[0]))

@@ -56,3 +56,21 @@ def test_canonical_svd_ignores_row_signs():
     _, s2, vh2 = qr.canonical_svd(flipped)
     torch.testing.assert_close(s1, s2, rtol=1e-13, atol=0)
     torch.testing.assert_close(vh1, vh2, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(120, 9), (3, 120, 9), (14, 9), (9, 14)])
+def test_right_svd_equals_the_full_svd(shape):
+    # tall (through R), a stack of tall ones, and shapes where the SVD is taken directly
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(*shape, generator=gen, dtype=torch.float64) * torch.logspace(0, -6, shape[-1], dtype=torch.float64)
+    s, vh = qr.right_svd(a)
+    u_ref, s_ref, vh_ref = torch.linalg.svd(a, full_matrices=False)
+    torch.testing.assert_close(s, s_ref, rtol=1e-13, atol=0)
+    # the same right singular vectors up to the sign of each (the values are well separated)
+    sign = torch.sign((vh * vh_ref).sum(-1, keepdim=True))
+    torch.testing.assert_close(vh * sign, vh_ref, rtol=0, atol=1e-9)
+    # and A V = U S with orthonormal U: they are singular vectors of A itself
+    av = a @ vh.mT
+    torch.testing.assert_close((av / s.unsqueeze(-2)).mT @ (av / s.unsqueeze(-2)),
+                               torch.eye(s.shape[-1], dtype=torch.float64).expand_as(vh[..., :, :s.shape[-1]]),
+                               rtol=0, atol=1e-9)

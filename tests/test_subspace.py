@@ -3,7 +3,8 @@ import torch
 
 from pinnlsr.models import ParamSpec
 from pinnlsr.residual import output_rows
-from pinnlsr.subspace import full_basis, randomized_basis, svd_basis
+from pinnlsr.linearize import JacobianOperator
+from pinnlsr.subspace import full_basis, randomized_basis, sketch_svd, svd_basis
 
 from oracles import dense_output_jacobian, tiny_mlp
 
@@ -68,3 +69,17 @@ def test_seed_reproducible_and_full(setup):
     assert torch.equal(b1.V, b2.V) and not torch.equal(b1.V, b3.V)
     f = full_basis(rows.m, torch.float64, "cpu")
     assert f.method == "full" and torch.equal(f.V, torch.eye(rows.m, dtype=torch.float64))
+
+
+def test_sketch_without_left_vectors_gives_the_same_basis(setup):
+    # the pipelines skip U (the SVD of the tall G Q through its R factor); W and S are unchanged
+    rows, theta, j = setup
+    op = JacobianOperator(rows, theta, "explicit")
+    omega = torch.randn(op.shape[0], 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    w, s, u = sketch_svd(op, 4, 1, omega=omega)
+    w_l, s_l, u_l = sketch_svd(op, 4, 1, omega=omega, left=True)
+    assert u is None and u_l.shape == (op.shape[0], 5)
+    torch.testing.assert_close(s, s_l, rtol=1e-13, atol=0)
+    sign = torch.sign((w * w_l).sum(0))
+    torch.testing.assert_close(w * sign, w_l, rtol=0, atol=1e-10)
+    torch.testing.assert_close(j @ w_l, u_l * s_l, rtol=0, atol=1e-10 * float(s_l[0]))

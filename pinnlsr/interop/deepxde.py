@@ -152,7 +152,7 @@ def refine(model, *, rank: int | None = None, subspace: str = "svd", oversamplin
             W = Wh.T
         elif subspace == "randomized":
             W, S, U = sketch_svd(op, rank or min(m, n), oversampling,
-                                 generator=torch.Generator(device="cpu").manual_seed(seed))
+                                 generator=torch.Generator(device="cpu").manual_seed(seed), left=True)
             seconds["jacobian"] = time.perf_counter() - t
             t = time.perf_counter()
         else:
