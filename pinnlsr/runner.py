@@ -54,7 +54,8 @@ def build_parser(problem: PDEProblem, defaults: RunSettings | dict | None = None
     add_run_options(p, seed_help="seed of initialisation, points and sketches", resume=True,
                     out_help="output folder for metrics.json, figures, checkpoints")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="refine the network in this state_dict file instead of pretraining one")
+                   help="refine the network in this state_dict file instead of pretraining one (no L-BFGS "
+                        "steps unless --lbfgs-steps is given)")
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="the network: 'package.module:function' or 'file.py:function', called without arguments, "
                         "returning the nn.Module (default: the problem's MLP)")
@@ -363,6 +364,16 @@ def write_outputs(problem: PDEProblem, args, model, result, metrics: dict, histo
         write_predictions(out / "predictions.npz", x.cpu().numpy(), u.cpu().numpy(), preds)
 
 
+def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of a problem run. With ``--checkpoint`` the loaded network is refined as it is:
+    the problem's default L-BFGS steps (``DEFAULTS``) run only when ``--lbfgs-steps`` is given."""
+    not_given = object()
+    args = parser.parse_args(argv, namespace=argparse.Namespace(lbfgs_steps=not_given))
+    if args.lbfgs_steps is not_given:
+        args.lbfgs_steps = 0 if args.checkpoint is not None else parser.get_default("lbfgs_steps")
+    return args
+
+
 def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = None,
          defaults: RunSettings | dict | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m problems.NAME``: parse, run, exit code 0 on success."""
@@ -370,7 +381,7 @@ def main(problem_factory: Callable[[], PDEProblem], argv: list[str] | None = Non
     code, parser = run_guarded(build_parser, problem, defaults, prog)  # DEFAULTS with unknown settings: exit 2
     if code:
         return code
-    code, metrics = run_guarded(run, problem, parser.parse_args(argv))
+    code, metrics = run_guarded(run, problem, parse_run_args(parser, argv))
     if code:
         return code
     last = metrics["stages"][-1]

@@ -90,3 +90,25 @@ def test_gauss_newton_continued_on_more_points(tmp_path):
         assert step["damping"] >= 0 and step["tries"] >= 1 and step["step_norm"] > 0
         assert math.isfinite(step["relative_damping"]) and (step["relative_damping"] > 0) == (step["damping"] > 0)
         assert step["gain_ratio"] is not None and step["gain_ratio"] > 0
+
+
+def test_a_checkpoint_is_refined_as_it_is_unless_lbfgs_steps_are_given(tmp_path):
+    """A problem whose defaults run L-BFGS after Adam: with --checkpoint the loaded network goes
+    straight to the refinement, unless --lbfgs-steps asks for more training."""
+    import torch
+
+    problem = Poisson2D()
+    path = tmp_path / "net.pt"
+    torch.save(problem.default_model(torch.Generator().manual_seed(0)).state_dict(), path)
+    defaults = {"adam_steps": 5, "lbfgs_steps": 2}
+    common = ["--points", "pde=60", "bc=24", "--quiet", "--no-plot"]
+
+    def stages(name, extra):
+        out = tmp_path / name
+        assert runner.main(Poisson2D, common + extra + ["--out", str(out)], defaults=defaults) == 0
+        config = json.loads((out / "config.json").read_text())
+        return [s["name"] for s in json.loads((out / "metrics.json").read_text())["stages"]], config["lbfgs_steps"]
+
+    assert stages("loaded", ["--checkpoint", str(path)]) == (["checkpoint", "lsr"], 0)
+    assert stages("loaded_lbfgs", ["--checkpoint", str(path), "--lbfgs-steps", "1"]) == (["checkpoint", "lbfgs", "lsr"], 1)
+    assert stages("trained", []) == (["adam", "lbfgs", "lsr"], 2)
