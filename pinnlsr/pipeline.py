@@ -200,8 +200,12 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
     """Call ``run_fn(*args)``: bad input becomes one line on stderr and exit code 2, Ctrl-C the
     line "interrupted" and exit code 130; any other exception (a bug) keeps its traceback.
-    Sets the process's malloc for tensor passes first (:func:`pinnlsr.allocator.tune_allocator`)."""
+    Sets the process's malloc for tensor passes first (:func:`pinnlsr.allocator.tune_allocator`)
+    and imports ``torch._dynamo``, which torch would otherwise import (about 1.4 s) the first time a
+    transform (vmap, jacrev) runs one of its Python decompositions: a Ctrl-C landing inside that
+    import left torch half-imported, and the process then died by SIGINT or hung on its way out."""
     tune_allocator()
+    import torch._dynamo  # noqa: F401
     try:
         return 0, run_fn(*args)
     except INPUT_ERRORS as exc:
