@@ -203,7 +203,7 @@ def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
     Sets the process's malloc for tensor passes first (:func:`pinnlsr.allocator.tune_allocator`)
     and imports ``torch._dynamo``, which torch would otherwise import (about 1.4 s) the first time a
     transform (vmap, jacrev) runs one of its Python decompositions: a Ctrl-C landing inside that
-    import left torch half-imported, and the process then died by SIGINT or hung on its way out."""
+    import left torch half-imported, and the process then died by SIGINT (exit -2, not 130)."""
     tune_allocator()
     import torch._dynamo  # noqa: F401
     try:
