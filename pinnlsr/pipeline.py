@@ -201,7 +201,7 @@ def run_guarded(run_fn: Callable, *args) -> tuple[int, object]:
     """Call ``run_fn(*args)``: bad input becomes one line on stderr and exit code 2, Ctrl-C the
     line "interrupted" and exit code 130; any other exception (a bug) keeps its traceback.
     Sets the process's malloc for tensor passes first (:func:`pinnlsr.allocator.tune_allocator`)
-    and imports ``torch._dynamo``, which torch would otherwise import (about 1.4 s) the first time a
+    and imports ``torch._dynamo``, which torch would otherwise import (a second or so) the first time a
     transform (vmap, jacrev) runs one of its Python decompositions: a Ctrl-C landing inside that
     import left torch half-imported, and the process then died by SIGINT (exit -2, not 130)."""
     tune_allocator()

@@ -141,7 +141,7 @@ def test_ctrl_c_exits_130_without_traceback(tmp_path):
 def test_torch_finishes_its_lazy_imports_before_a_run_starts():
     """torch imports torch._dynamo the first time a transform runs a Python decomposition; a Ctrl-C
     inside that import was reported ("interrupted") but the process then died by SIGINT (exit -2
-    instead of 130; 5 of 40 interrupts at random times early in a run). run_guarded imports it first."""
+    instead of 130, for interrupts early in a run). run_guarded imports it first."""
     code = ("import sys\nfrom pinnlsr.pipeline import run_guarded\n"
             "before = 'torch._dynamo' in sys.modules\n"
             "print(before, run_guarded(lambda: 'torch._dynamo' in sys.modules)[1])")
