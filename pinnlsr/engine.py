@@ -29,7 +29,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from . import jacobian as jac
-from .jet_plans import JetPlan, block_jets, plan_block, residual_of_jet
+from .jet_plans import JetPlan, block_jets, plan_block
 from .jet_models import jet_network
 from .residual import Block, Rows
 from .solvers import no_tf32
@@ -80,7 +80,7 @@ class StructuredJacobian:
         c, n_k = pts.shape[0], plan.n_anchors
         full, state = block_jets(net, plan, theta, pts, keep=True)  # (c, K, C_full, k)
         k, idx = full.shape[-1], ch.full_index()
-        r_of_jet = residual_of_jet(plan.residual, plan.with_data, plan.offsets)
+        r_of_jet = plan.residual_of_jet()
 
         def with_value(j, x, y):
             r = r_of_jet(j, x, y)

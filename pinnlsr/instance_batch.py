@@ -26,7 +26,7 @@ from torch.func import functional_call, jacrev, jvp, vmap
 
 from . import jacobian as jac
 from .jet_models import InstanceJets
-from .jet_plans import JetPlan, block_anchors, residual_of_jet
+from .jet_plans import JetPlan, block_anchors
 from .jets import Channels, JetNetwork
 from .models import ParamSpec
 from .solvers import no_tf32
@@ -171,7 +171,7 @@ class InstanceBatch:
         u, du = self.jets(anchors, plan.channels, delta)
         u = u if du is None else u + du
         full = _full_jets(u.permute(1, 2, 0, 3), plan, b * c, d)
-        r = vmap(residual_of_jet(plan.residual, plan.with_data, plan.offsets))(
+        r = vmap(plan.residual_of_jet())(
             full, pts.reshape(b * c, d), data.reshape(b * c, -1))
         return block.scale * r.reshape(b, -1)
 
@@ -195,7 +195,7 @@ class InstanceBatch:
             if delta is not None:
                 out = out + self.jets(anchors.reshape(b, -1, d), ch, delta)[1].permute(1, 2, 0, 3)
             full = _full_jets(out, plan, b * c, d)
-        r_of_jet = residual_of_jet(plan.residual, plan.with_data, plan.offsets)
+        r_of_jet = plan.residual_of_jet()
 
         def with_value(j, x, y):
             r = r_of_jet(j, x, y)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import grad_and_value, jacrev, vmap
 
 from .jet_models import LinearizedJets, ShiftedJets, jet_network
-from .jets import Channels, JetNetwork, TaylorJet, all_pairs, evaluation_offsets, probe_indices
+from .jets import Channels, JetNetwork, TaylorJet, all_pairs, anchor_call_order, evaluation_offsets, probe_indices
 from .models import ParamSpec
 from .residual import Block, Rows, point_function
 
@@ -46,6 +46,11 @@ class JetPlan:
     with_data: bool = False
     offsets: torch.Tensor | None = None
     reason: str = ""
+    call_anchors: tuple[int, ...] | None = None
+
+    def residual_of_jet(self) -> Callable:
+        """r(jets (K, C_full, k), x (d,), y (p,)) -> (q,) of this plan (:func:`residual_of_jet`)."""
+        return residual_of_jet(self.residual, self.with_data, self.offsets, self.order, self.call_anchors)
 
     @property
     def n_anchors(self) -> int:
@@ -63,15 +68,18 @@ class JetPlan:
         return text + (f" at {self.n_anchors} shifted points" if self.n_anchors > 1 else "")
 
 
-def residual_of_jet(residual: Callable, with_data: bool, offsets: torch.Tensor | None, order: int = 2) -> Callable:
+def residual_of_jet(residual: Callable, with_data: bool, offsets: torch.Tensor | None, order: int = 2,
+                    call_anchors: tuple[int, ...] | None = None) -> Callable:
     """r(jets (K, C, k), x (d,), y (p,)) -> (q,): the residual evaluated on u seen through its
     jets at the anchors x + offsets (x itself when None) by :class:`TaylorJet`, exact in value and
-    derivatives up to ``order`` at each anchor. Jets in the layout of ``order``."""
+    derivatives up to ``order`` at each anchor. Jets in the layout of order 2 (channels above
+    ``order`` are not read). ``call_anchors``: the anchor of each read u(y), in the order of the
+    reads (:func:`anchor_call_order`); None to pick the nearest anchor at each read."""
     x_is_anchor = offsets is None or float(offsets[0].abs().max()) == 0
 
     def r_of_jet(j, x, y):
         anchors = x.unsqueeze(0) if offsets is None else x + offsets
-        u = TaylorJet(j, anchors, x, x_is_anchor, order)
+        u = TaylorJet(j, anchors, x, x_is_anchor, order, call_anchors)
         r = residual(u, x, y) if with_data else residual(u, x)
         return torch.as_tensor(r).reshape(-1)
 
@@ -120,7 +128,9 @@ def plan_block(block: Block, net, theta: torch.Tensor, n_probe: int = 3) -> JetP
         channels = needed_channels(r_of_jet, pts, data, 1 if offsets is None else offsets.shape[0], net.n_outputs)
     except Exception as exc:  # the residual does not run on a polynomial
         return JetPlan("generic", reason=f"residual does not run on a Taylor polynomial ({type(exc).__name__})")
-    plan = JetPlan("jet", channels, residual, with_data, offsets)
+    call_anchors = None if offsets is None else anchor_call_order(residual, with_data, pts, data, offsets,
+                                                                   net.n_outputs)
+    plan = JetPlan("jet", channels, residual, with_data, offsets, call_anchors=call_anchors)
     block, net, theta = _check_setting(block, net, theta.detach())
     if not _agrees_with_generic(plan, block, net, theta, pts, data):
         return JetPlan("generic", reason="residual needs more than the order-2 jets of u at its points")
@@ -188,7 +198,7 @@ def _jet_block_loss(net: JetNetwork, plan: JetPlan, block: Block, theta: torch.T
     c, n_k = pts.shape[0], plan.n_anchors
     full, state = block_jets(net, plan, theta, pts, keep=True, inputs=inputs)
     k, idx = full.shape[-1], ch.full_index()
-    r_of_jet = residual_of_jet(plan.residual, plan.with_data, plan.offsets)
+    r_of_jet = plan.residual_of_jet()
     s2 = block.scale ** 2
 
     def sq(j, x, y):
@@ -286,7 +296,7 @@ def _jet_block_values(net: JetNetwork, plan: JetPlan, block: Block, theta: torch
                       data: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled values (c·q,) of a jet block at pts (c, d)."""
     full = block_jets(net, plan, theta, pts, inputs=inputs)[0]
-    r = vmap(residual_of_jet(plan.residual, plan.with_data, plan.offsets))(full, pts, data)
+    r = vmap(plan.residual_of_jet())(full, pts, data)
     return block.scale * r.reshape(-1)
 
 

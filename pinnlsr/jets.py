@@ -161,15 +161,25 @@ class TaylorJet:
     the upper-triangle pairs for order 2), anchors (K, d)."""
 
     def __init__(self, jets: torch.Tensor, anchors: torch.Tensor, x: torch.Tensor, x_is_anchor: bool,
-                 order: int = 2):
-        self.jets, self.x, self.x_is_anchor, self.order = jets, x, x_is_anchor, order
+                 order: int = 2, call_anchors: tuple[int, ...] | None = None):
+        self.jets, self.anchors, self.x, self.x_is_anchor, self.order = jets, anchors, x, x_is_anchor, order
         self.d = anchors.shape[1]
-        self.poly = multi_taylor_polynomial(jets, anchors, order)
+        self.call_anchors, self.calls = call_anchors, 0
+        self.poly = multi_taylor_polynomial(jets, anchors, order) if call_anchors is None else None
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         if y is self.x and self.x_is_anchor:
             return self.jets[0, 0]
-        return self.poly(y)
+        if self.call_anchors is None:
+            return self.poly(y)
+        # the anchor of this call is known from the plan (:func:`anchor_call_order`): the same
+        # polynomial the nearest-anchor search picks, without a search per call
+        if self.calls >= len(self.call_anchors):
+            raise RuntimeError(f"the residual read u {self.calls + 1} times; its plan recorded "
+                               f"{len(self.call_anchors)} reads")
+        a = self.call_anchors[self.calls]
+        self.calls += 1
+        return taylor_polynomial(self.jets[a], self.anchors[a], self.order)(y)
 
     def jet_at(self, x: torch.Tensor, component: int | None, dims: tuple[int, ...]) -> torch.Tensor | None:
         """∂^|dims| u_component / ∂x_dims at the residual's point (all k outputs when
@@ -186,6 +196,50 @@ class TaylorJet:
             j, k = sorted(dims)
             channel = 1 + d + j * d - j * (j - 1) // 2 + (k - j)
         return self.jets[0, channel] if component is None else self.jets[0, channel, component]
+
+
+class _AnchorRecorder(TaylorJet):
+    """A :class:`TaylorJet` that records, per read u(y) that is not the shortcut at x, the index
+    of the anchor at y (None when y is no anchor)."""
+
+    def __init__(self, *args, tol: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tol, self.read = tol, []
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if not (y is self.x and self.x_is_anchor):
+            dist = (y.detach() - self.anchors).abs().amax(-1)
+            a = int(dist.argmin())
+            self.read.append(a if float(dist[a]) <= self.tol else None)
+        return super().__call__(y)
+
+
+def anchor_call_order(residual: Callable, with_data: bool, points: torch.Tensor, data: torch.Tensor,
+                      offsets: torch.Tensor, k: int) -> tuple[int, ...] | None:
+    """The anchor x + offsets[a] that each read u(y) of ``residual`` evaluated on jets takes, in
+    the order of the reads, found on the probe points (c, d) with data (c, p); None when the
+    order is not the same at every probe, a read falls between anchors or the residual does not
+    run outside ``vmap``. Under ``vmap`` a residual reads u in one order at every point, so the
+    order seen at the probes holds everywhere (and the plan's check against the generic path
+    confirms it)."""
+    d = points.shape[1]
+    scale = 1.0 + float(points.abs().max())
+    tol = 1e-9 * scale if points.dtype == torch.float64 else 1e-4 * scale
+    x_is_anchor = float(offsets[0].abs().max()) == 0
+    gen = torch.Generator().manual_seed(12345)
+    found = None
+    for x, y in zip(points, data):
+        jets = torch.randn(offsets.shape[0], Channels.full(d, 2).size, k, generator=gen,
+                           dtype=torch.float64).to(points)
+        u = _AnchorRecorder(jets, x + offsets, x, x_is_anchor, tol=tol)
+        try:
+            residual(u, x, y) if with_data else residual(u, x)
+        except Exception:
+            return None
+        if None in u.read or (found is not None and tuple(u.read) != found):
+            return None
+        found = tuple(u.read)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------

@@ -126,6 +126,68 @@ def test_shifts_must_be_the_same_at_every_point():
     assert jets.evaluation_offsets(piecewise, False, x[:1], x[:1, :0], 1).tolist() == [[0.0, 0.0], [0.5, 0.0]]
 
 
+def gauge_like(u, x):
+    """A weighted mean of u at shifts read in no sorted order, the point itself in the middle."""
+    e0, e1 = (torch.tensor(v, dtype=x.dtype) for v in ([0.3, 0.0], [0.0, -0.2]))
+    return 0.5 * u(x + e0)[0] + 0.25 * u(x)[0] - op.partial(u, x - e1, 0) + 2.0 * u(x + e0 + e1)[0]
+
+
+def test_reads_take_their_recorded_anchor_without_a_search():
+    """Each read u(y) of a multi-point residual takes the anchor recorded in the plan: the
+    same rows, values, loss and gradient as the nearest-anchor search, and the dense rows."""
+    from pinnlsr.jet_plans import JetLoss
+
+    class Gauge(PDEProblem):
+        name = "gauge"
+        input_names = ("x", "t")
+
+        def terms(self):
+            pts = torch.rand(5, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+            return [Term("mean", gauge_like, pts)]
+
+    problem, model = Gauge(), scaled_mlp(seed=5)
+    rows = residual_rows(problem, model, problem.sample_points(torch.Generator().manual_seed(0)))
+    theta = ParamSpec.of(model).flatten(model)
+    eng = engine.StructuredJacobian(rows, theta)
+    plan = eng.plans["mean"]
+    assert plan.kind == "jet" and plan.n_anchors == 4
+    # anchors sorted (x itself first); reads in the residual's order, u(x) itself not a read
+    expected = torch.tensor([[0.0, 0.0], [0.0, 0.2], [0.3, -0.2], [0.3, 0.0]], dtype=torch.float64)
+    assert torch.allclose(plan.offsets, expected, rtol=0, atol=1e-15)
+    assert plan.call_anchors == (3, 1, 2)
+    dense = jac.jacobian(rows, theta)
+    got = torch.cat([g for _, g in engine.iter_rows(rows, theta, engine=eng)])
+    assert (got - dense).abs().max() <= TOL
+    loss = JetLoss(rows, model, theta)
+    value, grad = loss.value_and_grad(theta)
+    searched = JetLoss(rows, model, theta)
+    searched.plans["mean"].call_anchors = None
+    v_search, g_search = searched.value_and_grad(theta)
+    assert torch.equal(value, v_search) and torch.equal(grad, g_search)
+    assert torch.equal(loss.values(theta), searched.values(theta))
+    th = theta.clone().requires_grad_(True)
+    exact = rows.values(th)
+    g_exact, = torch.autograd.grad(exact.square().sum(), th)
+    assert abs(float(value - exact.square().sum())) <= 1e-12 * float(value)
+    assert (grad - g_exact).abs().max() <= 1e-12 * g_exact.abs().max()
+
+
+def test_read_order_must_be_the_same_at_every_point():
+    def swapped(u, x):  # the same two shifts everywhere, read in an order that depends on the point
+        a, b = (torch.tensor(v, dtype=x.dtype) for v in ([0.5, 0.0], [0.0, 0.5]))
+        first, second = (a, b) if float(x[0]) < 0.5 else (b, a)
+        return u(x + first)[0] - 2 * u(x + second)[0]
+
+    x = torch.tensor([[0.1, 0.2], [0.9, 0.3]], dtype=torch.float64)
+    offsets = jets.evaluation_offsets(swapped, False, x, x[:, :0], 1)
+    assert torch.allclose(offsets, torch.tensor([[0.0, 0.5], [0.5, 0.0]], dtype=torch.float64), atol=1e-15)
+    assert jets.anchor_call_order(swapped, False, x[:1], x[:1, :0], offsets, 1) == (1, 0)
+    assert jets.anchor_call_order(swapped, False, x[1:], x[1:, :0], offsets, 1) == (0, 1)
+    assert jets.anchor_call_order(swapped, False, x, x[:, :0], offsets, 1) is None
+    # a read between the anchors
+    assert jets.anchor_call_order(swapped, False, x[:1], x[:1, :0], offsets + 0.1, 1) is None
+
+
 def test_budget_below_one_point_falls_back_with_warning(setup):
     _, _, _, rows, theta, _, g = setup
     v = torch.randn(rows.m, 2, dtype=torch.float64)
