@@ -113,6 +113,12 @@ def multi_taylor_polynomial(jets: torch.Tensor, anchors: torch.Tensor, order: in
     return u
 
 
+def shift_tolerance(points: torch.Tensor) -> float:
+    """How far apart two points (c, d) may lie and count as the same shift: rounding of their dtype."""
+    scale = 1.0 + float(points.abs().max())
+    return 1e-9 * scale if points.dtype == torch.float64 else 1e-4 * scale
+
+
 def evaluation_offsets(residual: Callable, with_data: bool, points: torch.Tensor, data: torch.Tensor,
                        k: int) -> torch.Tensor | None:
     """The shifts o (K, d) such that ``residual`` at a point x evaluates u exactly at x + o_1, ...,
@@ -120,8 +126,7 @@ def evaluation_offsets(residual: Callable, with_data: bool, points: torch.Tensor
     u. None when the shifts are not the same at every probe (u at points that are not fixed shifts
     of x, e.g. a reflection) or the residual does not run outside ``vmap``."""
     found = None
-    scale = 1.0 + float(points.abs().max())
-    tol = 1e-9 * scale if points.dtype == torch.float64 else 1e-4 * scale
+    tol = shift_tolerance(points)
     for x, y in zip(points, data):
         seen: list[list[float]] = []
 
@@ -222,9 +227,7 @@ def anchor_call_order(residual: Callable, with_data: bool, points: torch.Tensor,
     run outside ``vmap``. Under ``vmap`` a residual reads u in one order at every point, so the
     order seen at the probes holds everywhere (and the plan's check against the generic path
     confirms it)."""
-    d = points.shape[1]
-    scale = 1.0 + float(points.abs().max())
-    tol = 1e-9 * scale if points.dtype == torch.float64 else 1e-4 * scale
+    d, tol = points.shape[1], shift_tolerance(points)
     x_is_anchor = float(offsets[0].abs().max()) == 0
     gen = torch.Generator().manual_seed(12345)
     found = None
